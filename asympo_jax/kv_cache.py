@@ -1,0 +1,58 @@
+"""A fixed-size key/value cache for incremental decoding.
+
+API (used by the sampler):
+- `cache = init_cache(cfg, batch, max_len)`: zero buffers `k`, `v` of shape [L, B, S_max, K, head_dim], a slot
+  validity mask `mask_BxS` (0 everywhere) and the next write slot `index` (0). All fixed-shape, so the cache can
+  be carried through `lax.while_loop` and donated to a jitted step.
+- `hidden, cache = decoder(tokens_BxT, positions_BxT, mask_BxT, cache)`: writes the T new keys/values at slots
+  [index, index + T) with `lax.dynamic_update_slice`, records `mask_BxT` as their validity, attends every new
+  token to the valid slots at or before its own slot, and advances `index` by T.
+  Prefill: the left-padded prompts (T = prompt length, pads have mask 0). Decode: T = 1, one token per row with
+  position = previous position + 1 (positions are per row: `max(cumsum(mask) - 1, 0)` over the whole sequence).
+  Pad slots are never attended to, so left padding changes nothing for the real tokens.
+- The caller keeps index + T <= S_max (writes past the end would be clamped by dynamic_update_slice).
+- `cache_axes()`: the logical axes of each field, for `sharding.logical_sharding`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from asympo_jax.model_config import ModelConfig
+
+
+class KVCache(NamedTuple):
+  k: jax.Array  # [L, B, S_max, K, head_dim]
+  v: jax.Array  # [L, B, S_max, K, head_dim]
+  mask_BxS: jax.Array  # int32, 1 on slots holding a real token
+  index: jax.Array  # int32 scalar, the next slot to write
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> KVCache:
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  dtype = dtype or cfg.param_dtype
+  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, max_len), jnp.int32),
+                 jnp.zeros((), jnp.int32))
+
+
+def cache_axes() -> KVCache:
+  kv = ("layers", "act_batch", "cache_seq", "act_kv_heads", "head_dim")
+  return KVCache(kv, kv, ("act_batch", "cache_seq"), ())
+
+
+def write(buffer_BxSxKxH: jax.Array, new_BxTxKxH: jax.Array, index: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_update_slice(buffer_BxSxKxH, new_BxTxKxH.astype(buffer_BxSxKxH.dtype), (0, index, 0, 0))
+
+
+def update_mask(cache: KVCache, mask_BxT: jax.Array) -> jax.Array:
+  """The slot validity after writing T tokens with validity `mask_BxT` at `cache.index`."""
+  return jax.lax.dynamic_update_slice(cache.mask_BxS, mask_BxT.astype(jnp.int32), (0, cache.index))
+
+
+def attention_mask(slot_mask_BxS: jax.Array, index: jax.Array, num_new: int) -> jax.Array:
+  """[B, T, S] bool: new token t (at slot index + t) may see slot s if s is valid and s <= index + t."""
+  slots_S = jnp.arange(slot_mask_BxS.shape[1])
+  causal_TxS = slots_S[None, :] <= index + jnp.arange(num_new)[:, None]
+  return causal_TxS[None] & (slot_mask_BxS[:, None, :] > 0)

@@ -1,0 +1,232 @@
+"""The decoder-only transformer (Qwen2 / Qwen3 / Llama families) in Flax NNX.
+
+`Decoder(cfg, rngs=...)` holds the parameters; `decoder(tokens_BxT, positions_BxT, mask_BxT, cache=None)`
+returns the hidden states after the final norm and the updated KV cache (see kv_cache.py); `unembedding()`
+gives the [D, V] output projection (the tied embedding's transpose when tied).
+
+Layer parameters are stacked along a leading "layers" axis whatever `scan_layers` says, so checkpoints do not
+depend on it: `scan_layers` runs the layers with `lax.scan` (one compiled layer), otherwise a Python loop
+(unrolled). Layer math is a pure function of a dict of per-layer arrays. Norms, RoPE, attention softmax and
+logits are computed in float32; matmuls run in the parameter dtype.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from asympo_jax import kv_cache as kvc
+from asympo_jax.model_config import Llama3RopeScaling, ModelConfig
+from asympo_jax.sharding import constrain
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+  shape: tuple[int, ...]  # per layer for layer params
+  axes: tuple[str, ...]  # logical axes, one per dim of `shape`
+  init: str  # normal | ones | zeros
+
+
+def layer_param_specs(cfg: ModelConfig) -> dict[str, ParamSpec]:
+  """Per-layer parameters (stored stacked as [L, *shape]), by name."""
+  D, H, K, hd, F = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+  specs = {
+      "input_norm": ParamSpec((D,), ("norm",), "ones"),
+      "q": ParamSpec((D, H, hd), ("embed", "heads", "head_dim"), "normal"),
+      "k": ParamSpec((D, K, hd), ("embed", "kv_heads", "head_dim"), "normal"),
+      "v": ParamSpec((D, K, hd), ("embed", "kv_heads", "head_dim"), "normal"),
+      "o": ParamSpec((H, hd, D), ("heads", "head_dim", "embed"), "normal"),
+      "post_norm": ParamSpec((D,), ("norm",), "ones"),
+      "gate": ParamSpec((D, F), ("embed", "mlp"), "normal"),
+      "up": ParamSpec((D, F), ("embed", "mlp"), "normal"),
+      "down": ParamSpec((F, D), ("mlp", "embed"), "normal"),
+  }
+  if cfg.qkv_bias:
+    specs.update(q_bias=ParamSpec((H, hd), ("heads", "head_dim"), "zeros"),
+                 k_bias=ParamSpec((K, hd), ("kv_heads", "head_dim"), "zeros"),
+                 v_bias=ParamSpec((K, hd), ("kv_heads", "head_dim"), "zeros"))
+  if cfg.o_bias:
+    specs["o_bias"] = ParamSpec((D,), ("norm",), "zeros")
+  if cfg.mlp_bias:
+    specs.update(gate_bias=ParamSpec((F,), ("mlp",), "zeros"), up_bias=ParamSpec((F,), ("mlp",), "zeros"),
+                 down_bias=ParamSpec((D,), ("norm",), "zeros"))
+  if cfg.qk_norm:
+    specs.update(q_norm=ParamSpec((hd,), ("head_dim",), "ones"), k_norm=ParamSpec((hd,), ("head_dim",), "ones"))
+  return specs
+
+
+def top_param_specs(cfg: ModelConfig) -> dict[str, ParamSpec]:
+  specs = {
+      "embed": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), "normal"),
+      "final_norm": ParamSpec((cfg.hidden_size,), ("norm",), "ones"),
+  }
+  if not cfg.tie_embeddings:
+    specs["lm_head"] = ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), "normal")
+  return specs
+
+
+def _init(spec: ParamSpec, shape: tuple[int, ...], cfg: ModelConfig, key: jax.Array) -> jax.Array:
+  if spec.init == "normal":
+    return cfg.initializer_range * jax.random.normal(key, shape, cfg.param_dtype)
+  return (jnp.ones if spec.init == "ones" else jnp.zeros)(shape, cfg.param_dtype)
+
+
+class Decoder(nnx.Module):
+  """Parameters: `embed`, `final_norm`, `lm_head` (untied only) and `layers[name]` stacked as [L, ...]."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    for name, spec in top_param_specs(cfg).items():
+      setattr(self, name, nnx.Param(_init(spec, spec.shape, cfg, rngs.params()), logical_axes=spec.axes))
+    self.layers = nnx.Dict({
+        name: nnx.Param(_init(spec, (cfg.num_layers, *spec.shape), cfg, rngs.params()),
+                        logical_axes=("layers", *spec.axes))
+        for name, spec in layer_param_specs(cfg).items()
+    })
+
+  def unembedding(self) -> jax.Array:
+    """[D, V]."""
+    return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+
+  def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
+    """float32 [B, T, V] logits of hidden states from `__call__`."""
+    logits = jnp.einsum("btd,dv->btv", hidden_BxTxD, self.unembedding(), preferred_element_type=jnp.float32)
+    return constrain(logits, ("act_batch", "act_seq", "act_vocab"))
+
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxT: jax.Array,
+               cache: kvc.KVCache | None = None) -> tuple[jax.Array, kvc.KVCache | None]:
+    """Hidden states [B, T, D] after the final norm, and the cache with the T new tokens written in."""
+    cfg = self.cfg
+    h = jnp.take(self.embed[...], tokens_BxT, axis=0)
+    h = constrain(h, ("act_batch", "act_seq", "act_embed"))
+    cos_sin = rope_cos_sin(positions_BxT, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
+    num_new = tokens_BxT.shape[1]
+    if cache is None:
+      attn_mask = kvc.attention_mask(mask_BxT, jnp.zeros((), jnp.int32), num_new)
+    else:
+      slot_mask = kvc.update_mask(cache, mask_BxT)
+      attn_mask = kvc.attention_mask(slot_mask, cache.index, num_new)
+
+    def body(h, layer):
+      params, kv = layer
+      past = None if kv is None else (*kv, cache.index)
+      return _remat(cfg, functools.partial(layer_forward, cfg))(params, h, cos_sin, attn_mask, past)
+
+    layer_params = {name: p[...] for name, p in self.layers.items()}
+    kv_all = None if cache is None else (cache.k, cache.v)
+    if cfg.scan_layers:
+      h, new_kv = jax.lax.scan(body, h, (layer_params, kv_all))
+    else:
+      outs = []
+      for i in range(cfg.num_layers):
+        h, kv = body(h, jax.tree.map(lambda x: x[i], (layer_params, kv_all)))
+        outs.append(kv)
+      new_kv = None if cache is None else jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
+    if cache is None:
+      return h, None
+    return h, kvc.KVCache(new_kv[0], new_kv[1], slot_mask, cache.index + num_new)
+
+
+def _remat(cfg: ModelConfig, fn: Any) -> Any:
+  if cfg.remat == "none":
+    return fn
+  return jax.checkpoint(fn, policy=_REMAT_POLICIES[cfg.remat])
+
+
+def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
+                  cos_sin: tuple[jax.Array, jax.Array], attn_mask_BxTxS: jax.Array,
+                  past: tuple[jax.Array, jax.Array, jax.Array] | None) -> tuple[jax.Array, Any]:
+  """One pre-norm block. `past` = (k_BxSxKxhd, v_BxSxKxhd, index) of this layer's cache, or None.
+
+  Returns the new hidden states and this layer's updated (k, v) buffers (None without a cache).
+  """
+  x = rms_norm(h_BxTxD, p["input_norm"], cfg.rms_norm_eps)
+  q = _proj(x, p["q"], p.get("q_bias"), "btd,dnh->btnh")
+  k = _proj(x, p["k"], p.get("k_bias"), "btd,dnh->btnh")
+  v = _proj(x, p["v"], p.get("v_bias"), "btd,dnh->btnh")
+  if cfg.qk_norm:
+    q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+  q = constrain(apply_rope(q, *cos_sin), ("act_batch", "act_seq", "act_heads", "head_dim"))
+  k = constrain(apply_rope(k, *cos_sin), ("act_batch", "act_seq", "act_kv_heads", "head_dim"))
+  new_kv = None
+  if past is not None:
+    k_cache, v_cache, index = past
+    new_kv = (kvc.write(k_cache, k, index), kvc.write(v_cache, v, index))
+    k, v = new_kv
+  attn = attention(q, k, v, attn_mask_BxTxS)
+  h_BxTxD = h_BxTxD + _proj(attn, p["o"], p.get("o_bias"), "btnh,nhd->btd")
+  h_BxTxD = constrain(h_BxTxD, ("act_batch", "act_seq", "act_embed"))
+  x = rms_norm(h_BxTxD, p["post_norm"], cfg.rms_norm_eps)
+  gate = _proj(x, p["gate"], p.get("gate_bias"), "btd,df->btf")
+  up = _proj(x, p["up"], p.get("up_bias"), "btd,df->btf")
+  hidden = constrain(jax.nn.silu(gate) * up, ("act_batch", "act_seq", "act_mlp"))
+  h_BxTxD = h_BxTxD + _proj(hidden, p["down"], p.get("down_bias"), "btf,fd->btd")
+  return constrain(h_BxTxD, ("act_batch", "act_seq", "act_embed")), new_kv
+
+
+def _proj(x: jax.Array, w: jax.Array, b: jax.Array | None, spec: str) -> jax.Array:
+  y = jnp.einsum(spec, x, w)
+  return y if b is None else y + b
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """RMS norm over the last axis in float32, like HF (normalise in f32, cast, then scale)."""
+  x32 = x.astype(jnp.float32)
+  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return scale * normed.astype(x.dtype)
+
+
+def attention(q_BxTxHxhd: jax.Array, k_BxSxKxhd: jax.Array, v_BxSxKxhd: jax.Array,
+              mask_BxTxS: jax.Array) -> jax.Array:
+  """Grouped-query attention with a float32 softmax; returns [B, T, H, hd]. Rows with no visible key are 0."""
+  B, T, H, hd = q_BxTxHxhd.shape
+  K = k_BxSxKxhd.shape[2]
+  q = q_BxTxHxhd.reshape(B, T, K, H // K, hd)
+  scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BxSxKxhd, preferred_element_type=jnp.float32) / math.sqrt(hd)
+  mask = mask_BxTxS[:, None, None]
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v_BxSxKxhd.dtype), v_BxSxKxhd)
+  return out.reshape(B, T, H, hd)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: Llama3RopeScaling | None) -> jax.Array:
+  """[head_dim / 2] float32 inverse frequencies, with the llama3 frequency-dependent scaling when given."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if scaling is None:
+    return inv_freq
+  low_freq_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+  high_freq_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+  smooth = ((scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor)
+            / (scaling.high_freq_factor - scaling.low_freq_factor))
+  smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+  medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(positions_BxT: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """float32 cos and sin, each [B, T, head_dim / 2]."""
+  angles = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_BxTxNxhd: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates the two halves of the head dim (HF's rotate_half convention), in float32."""
+  x = x_BxTxNxhd.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  cos, sin = cos[:, :, None], sin[:, :, None]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxNxhd.dtype)

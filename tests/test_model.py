@@ -1,0 +1,96 @@
+"""Decoder parity with transformers' PyTorch models, the KV cache, and the layer options."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import tiny_checkpoints as tc
+from asympo_jax import hf_io, kv_cache
+from asympo_jax.model import Decoder
+from asympo_jax.model_config import ModelConfig
+
+VOCAB = tc._COMMON["vocab_size"]
+
+
+@pytest.fixture(scope="module", params=sorted(tc.CASES))
+def checkpoint(request, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp(request.param))
+  torch_model = tc.make_checkpoint(request.param, path)
+  return path, torch_model
+
+
+def _batch(padding: str, seed: int = 0, B: int = 4, T: int = 9):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, VOCAB, (B, T)).astype(np.int32)
+  lengths = np.array([T, T - 3, 2, T - 1][:B])
+  pos = np.arange(T)[None]
+  mask = (pos < lengths[:, None]) if padding == "right" else (pos >= T - lengths[:, None])
+  return tokens, mask.astype(np.int32)
+
+
+def _logits(model, tokens, mask):
+  hidden, _ = model(jnp.asarray(tokens), jnp.asarray(tc.positions_from_mask(mask)), jnp.asarray(mask))
+  return np.asarray(model.logits(hidden))
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_logits_match_transformers(checkpoint, padding):
+  path, torch_model = checkpoint
+  tokens, mask = _batch(padding)
+  ours = _logits(hf_io.load_model(path), tokens, mask)
+  ref = tc.torch_logits(torch_model, tokens, mask)
+  assert np.abs(ours - ref)[mask > 0].max() <= 1e-4
+  assert np.isfinite(ours).all()
+
+
+def test_left_padding_does_not_change_real_tokens(checkpoint):
+  path, _ = checkpoint
+  model = hf_io.load_model(path)
+  tokens, mask = _batch("left")
+  padded = _logits(model, tokens, mask)
+  for b in range(len(tokens)):
+    real = mask[b] > 0
+    alone = _logits(model, tokens[b:b + 1, real], mask[b:b + 1, real])
+    np.testing.assert_allclose(padded[b, real], alone[0], atol=1e-5)
+
+
+def test_kv_cache_decoding_matches_full_forward(checkpoint):
+  path, _ = checkpoint
+  model = hf_io.load_model(path)
+  tokens, mask = _batch("left", seed=1)
+  prompt_len, T = 4, tokens.shape[1]
+  # Left-padded prompts then real continuation tokens for every row.
+  mask[:, prompt_len:] = 1
+  full = _logits(model, tokens, mask)
+  positions = tc.positions_from_mask(mask)
+  cache = kv_cache.init_cache(model.cfg, batch=len(tokens), max_len=T + 2)
+  step = nnx.jit(lambda m, t, p, k, c: m(t, p, k, c))
+  hidden, cache = step(model, tokens[:, :prompt_len], positions[:, :prompt_len], mask[:, :prompt_len], cache)
+  got = [np.asarray(model.logits(hidden))]
+  for t in range(prompt_len, T):
+    hidden, cache = step(model, tokens[:, t:t + 1], positions[:, t:t + 1], mask[:, t:t + 1], cache)
+    got.append(np.asarray(model.logits(hidden)))
+  got = np.concatenate(got, axis=1)
+  assert int(cache.index) == T
+  np.testing.assert_allclose(got[mask > 0], full[mask > 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(scan_layers=True), dict(remat="full"),
+                                     dict(scan_layers=True, remat="dots")])
+def test_scan_and_remat_give_the_same_values_and_gradients(options):
+  base = ModelConfig.from_hf(tc.hf_config("qwen3_tied"))
+  tokens, mask = _batch("left")
+  positions = tc.positions_from_mask(mask)
+
+  def loss(model):
+    hidden, _ = model(tokens, positions, mask)
+    return jnp.sum(model.logits(hidden) ** 2 * mask[..., None])
+
+  ref = Decoder(base, rngs=nnx.Rngs(3))
+  other = Decoder(dataclasses.replace(base, **options), rngs=nnx.Rngs(3))
+  (v_ref, g_ref), (v, g) = (nnx.jit(nnx.value_and_grad(loss))(m) for m in (ref, other))
+  np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, g_ref)

@@ -1,0 +1,50 @@
+"""Checkpointer: round trip of sharded arrays and JSON meta, keep-N, restore into another sharding."""
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from asympo_jax import checkpoint
+
+
+def _mesh(shape):
+  return Mesh(np.array(jax.devices()).reshape(shape), ("data", "fsdp", "tensor"))
+
+
+def test_round_trip_keep_n_and_resharding(tmp_path):
+  mesh = _mesh((2, 2, 2))
+  w = jax.device_put(jnp.arange(32.0).reshape(8, 4), NamedSharding(mesh, P("fsdp", "tensor")))
+  key = jax.random.key_data(jax.random.key(7))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  for step in (1, 2, 3):
+    ckpt.save(step, {"w": w * step, "rng": key}, {"step": step, "data_position": {"epoch": 0, "index": step}})
+  ckpt.close()
+
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  assert ckpt.all_steps() == [2, 3]
+  assert ckpt.latest_step() == 3
+  other = _mesh((1, 4, 2))
+  target = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=NamedSharding(other, P(None, "fsdp"))),
+            "rng": checkpoint.abstract(key)}
+  state, meta = ckpt.restore(3, target)
+  np.testing.assert_array_equal(state["w"], np.arange(32.0).reshape(8, 4) * 3)
+  assert state["w"].sharding == target["w"].sharding
+  np.testing.assert_array_equal(state["rng"], key)
+  assert meta == {"step": 3, "data_position": {"epoch": 0, "index": 3}}
+  assert ckpt.restore_meta(2)["step"] == 2
+  ckpt.close()
+  assert sorted(os.listdir(ckpt.directory)) == ["2", "3"]
+
+
+def test_stop_signals_set_the_flag_instead_of_killing():
+  stop = checkpoint.StopSignals()
+  try:
+    assert not stop.is_set()
+    signal.raise_signal(signal.SIGTERM)
+    assert stop.is_set() and stop.received == signal.SIGTERM
+  finally:
+    stop.restore()
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

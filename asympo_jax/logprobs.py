@@ -1,0 +1,44 @@
+"""Token log-probs and entropies of a sequence from final hidden states and the unembedding matrix.
+
+logprobs_BxT[:, t] = log p(tokens[:, t] | tokens[:, <t]), scored from hidden_BxTxD[:, t - 1]; column 0
+(no context) is 0. Everything is computed in float32, whatever the parameter dtype.
+
+The direct version materialises [B, T, V] float32 logits (and their log-softmax), which is 2.5 GB for
+B=8, T=512 on a 152k vocabulary. The chunked version maps over time chunks and rematerialises each
+chunk's logits in the backward pass, so peak memory holds one [B, chunk, V] block at a time.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _score(hidden_BxTxD: Array, unembed_DxV: Array, targets_BxT: Array) -> tuple[Array, Array]:
+  """Log-prob of each target and the entropy of each predictive distribution, [B, T] each."""
+  logits_BxTxV = jnp.einsum("btd,dv->btv", hidden_BxTxD.astype(jnp.float32), unembed_DxV.astype(jnp.float32))
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
+  target_lp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  entropy_BxT = -(jnp.exp(logp_BxTxV) * logp_BxTxV).sum(axis=-1)
+  return target_lp_BxT, entropy_BxT
+
+
+def token_logprobs(hidden_BxTxD: Array, unembed_DxV: Array, tokens_BxT: Array,
+                   chunk: int = 0) -> tuple[Array, Array]:
+  """(logprobs_BxT, entropy_BxT), shifted so position t scores token t; chunk > 0 chunks over time."""
+  B, T, D = hidden_BxTxD.shape
+  context_BxSxD, targets_BxS = hidden_BxTxD[:, :-1], tokens_BxT[:, 1:]
+  S = T - 1
+  if chunk <= 0 or chunk >= S:
+    lp_BxS, ent_BxS = _score(context_BxSxD, unembed_DxV, targets_BxS)
+  else:
+    n = -(-S // chunk)
+    pad = n * chunk - S
+    ctx_NxBxCxD = jnp.pad(context_BxSxD, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)
+    tgt_NxBxC = jnp.pad(targets_BxS, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)
+    # checkpoint: the backward pass recomputes each chunk's logits instead of storing all of them.
+    scored = jax.lax.map(jax.checkpoint(lambda a: _score(a[0], unembed_DxV, a[1])), (ctx_NxBxCxD, tgt_NxBxC))
+    lp_BxS, ent_BxS = (s.swapaxes(0, 1).reshape(B, n * chunk)[:, :S] for s in scored)
+  first_Bx1 = jnp.zeros((B, 1), jnp.float32)
+  return jnp.concatenate([first_Bx1, lp_BxS], axis=1), jnp.concatenate([first_Bx1, ent_BxS], axis=1)

@@ -1,0 +1,305 @@
+"""Properties of the objectives of DESIGN §1, each checked against independently written formulas."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from asympo_jax import objectives as obj
+from asympo_jax.config import ConfigError, base_config
+
+P, G, T = 3, 4, 9
+B = P * G
+ALL = sorted(obj.OBJECTIVES)
+seeds = st.integers(0, 2**31 - 1)
+few = settings(max_examples=8, deadline=None)
+
+
+def objective_cfg(name, **kw):
+  cfg = base_config().objective
+  cfg.name = name
+  for k, v in kw.items():
+    cfg[k] = v
+  return cfg
+
+
+def random_batch(seed, equal_lengths=False):
+  """theta_BxT parameterises the current log-probs; the mask has ragged, right-padded responses."""
+  rng = np.random.default_rng(seed)
+  theta = jnp.asarray(rng.normal(size=(B, T)), jnp.float32)
+  start = 2
+  lengths = np.full(B, T - start) if equal_lengths else rng.integers(1, T - start + 1, size=B)
+  mask = np.zeros((B, T), np.float32)
+  for b, n in enumerate(lengths):
+    mask[b, start:start + n] = 1
+  rewards = rng.integers(0, 2, size=B).astype(np.float32)
+  rewards[:G] = [1, 0, 1, 0]  # at least one mixed group
+  extra = {k: jnp.asarray(rng.normal(size=(B, T)) * 0.3, jnp.float32) for k in ("behaviour", "ref")}
+  entropy = jnp.asarray(rng.uniform(0, 2, size=(B, T)), jnp.float32)
+  return theta, jnp.asarray(mask), jnp.asarray(rewards), extra, entropy
+
+
+def logprobs_of(theta):
+  return -jax.nn.softplus(theta)  # strictly negative, like real log-probs
+
+
+def make_inputs(theta, mask, adv, extra=None, entropy=None, on_policy=False):
+  lp = logprobs_of(theta)
+  if on_policy:
+    behaviour = jax.lax.stop_gradient(lp)
+  else:
+    behaviour = None if extra is None else jax.lax.stop_gradient(lp) + extra["behaviour"]
+  ref = None if extra is None else jax.lax.stop_gradient(lp) + extra["ref"]
+  return obj.Inputs(lp, mask, adv, behaviour, ref, entropy)
+
+
+def loss_fn(cfg, mask, adv, extra=None, entropy=None, on_policy=False):
+  def f(theta):
+    x = make_inputs(theta, mask, adv, extra, entropy, on_policy)
+    return obj.loss_and_metrics(cfg, x, obj.denominators(x))
+  return f
+
+
+def independent_nll(theta, mask):
+  """l_g written with an explicit loop over responses, independent of obj.response_nll."""
+  lp = logprobs_of(theta)
+  return jnp.stack([-jnp.sum(lp[g] * mask[g]) / jnp.maximum(1.0, jnp.sum(mask[g])) for g in range(B)])
+
+
+def test_group_advantages_against_numpy():
+  rewards = np.array([1, 0, 0, 1, 2, 2, 2, 2, 0, 1, 3, 0], np.float32)
+  adv = np.asarray(obj.group_advantages(jnp.asarray(rewards), G, std_normalize=True))
+  for p in range(P):
+    r = rewards[p * G:(p + 1) * G]
+    expected = np.zeros(G) if r.std() == 0 else (r - r.mean()) / (r.std(ddof=1) + 1e-6)
+    np.testing.assert_allclose(adv[p * G:(p + 1) * G], expected, rtol=1e-6, atol=1e-7)
+  raw = np.asarray(obj.group_advantages(jnp.asarray(rewards), G, std_normalize=False))
+  np.testing.assert_allclose(raw[:G], [0.5, -0.5, -0.5, 0.5])
+  assert np.all(raw[G:2 * G] == 0)
+
+
+# 1. asympo ------------------------------------------------------------------------------------------
+@few
+@given(seeds, st.booleans())
+def test_asympo_terms_zero_sum_and_gradient(seed, std_normalize):
+  theta, mask, rewards, _, _ = random_batch(seed)
+  adv = obj.group_advantages(rewards, G, std_normalize)
+  cfg = objective_cfg("asympo", eps=1e-6)
+  x = make_inputs(theta, mask, adv)
+  numer, denom = obj.asympo(cfg, x)
+  assert denom == "responses"
+  np.testing.assert_allclose(numer, adv, rtol=1e-6, atol=1e-6)  # each forward term is exactly A_g
+  np.testing.assert_allclose(numer.reshape(P, G).sum(1), 0.0, atol=1e-5)  # zero-sum per group
+
+  grad = jax.grad(lambda t: loss_fn(cfg, mask, adv)(t)[0])(theta)
+  l = independent_nll(theta, mask)
+  jac_BxBxT = jax.jacrev(independent_nll)(theta, mask)
+  expected = jnp.einsum("g,gbt->bt", adv / l, jac_BxBxT) / B
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+  assert float(jnp.abs(grad).max()) > 0  # the gradient is not zero although the loss is
+
+
+def test_asympo_eps_floors_the_coefficient():
+  theta, mask, rewards, _, _ = random_batch(0)
+  adv = obj.group_advantages(rewards, G, True)
+  x = make_inputs(theta, mask, adv)
+  l = independent_nll(theta, mask)
+  eps = float(jnp.median(l))
+  numer, _ = obj.asympo(objective_cfg("asympo", eps=eps), x)
+  np.testing.assert_allclose(numer, adv * l / jnp.maximum(l, eps), rtol=1e-6)
+
+
+# 2. spo ---------------------------------------------------------------------------------------------
+@few
+@given(seeds, st.floats(0.05, 1.0))
+def test_spo_scales_only_the_negative_side(seed, lam):
+  theta, mask, rewards, _, _ = random_batch(seed)
+  adv = obj.group_advantages(rewards, G, True)
+  x = make_inputs(theta, mask, adv)
+  naive_numer, _ = obj.naive(objective_cfg("naive"), x)
+  spo_numer, _ = obj.spo(objective_cfg("spo", negative_scale=lam), x)
+  expected = np.where(adv > 0, naive_numer, np.where(adv < 0, lam * naive_numer, 0.0))
+  np.testing.assert_allclose(spo_numer, expected, rtol=1e-6, atol=1e-7)
+
+
+@few
+@given(seeds)
+def test_spo_with_lambda_one_is_naive(seed):
+  theta, mask, rewards, _, _ = random_batch(seed)
+  adv = obj.group_advantages(rewards, G, True)
+  naive = jax.value_and_grad(lambda t: loss_fn(objective_cfg("naive"), mask, adv)(t)[0])(theta)
+  spo1 = jax.value_and_grad(lambda t: loss_fn(objective_cfg("spo", negative_scale=1.0), mask, adv)(t)[0])(theta)
+  for a, b in zip(naive, spo1):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+# 3. on-policy identities ----------------------------------------------------------------------------
+@few
+@given(seeds, st.sampled_from([0.0, 3.0]))
+def test_grpo_on_policy_gradient_equals_naive(seed, dual_clip):
+  theta, mask, rewards, _, _ = random_batch(seed)
+  adv = obj.group_advantages(rewards, G, True)
+  grpo_cfg = objective_cfg("grpo", dual_clip=dual_clip)
+  g_grpo = jax.grad(lambda t: loss_fn(grpo_cfg, mask, adv, on_policy=True)(t)[0])(theta)
+  g_naive = jax.grad(lambda t: loss_fn(objective_cfg("naive"), mask, adv)(t)[0])(theta)
+  np.testing.assert_allclose(g_grpo, g_naive, rtol=1e-5, atol=1e-8)
+
+
+@few
+@given(seeds)
+def test_gpg_equals_naive_for_equal_lengths(seed):
+  theta, mask, rewards, _, _ = random_batch(seed, equal_lengths=True)
+  adv = obj.group_advantages(rewards, G, True)
+  gpg = jax.value_and_grad(lambda t: loss_fn(objective_cfg("gpg"), mask, adv)(t)[0])(theta)
+  naive = jax.value_and_grad(lambda t: loss_fn(objective_cfg("naive"), mask, adv)(t)[0])(theta)
+  for a, b in zip(gpg, naive):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_grpo_clip_against_a_hand_written_token_loss():
+  """token_mean grpo with clip, dual clip and token TIS, against a per-token numpy loop."""
+  theta, mask, rewards, extra, _ = random_batch(3)
+  adv = np.asarray(obj.group_advantages(rewards, G, True))
+  cfg = objective_cfg("grpo", aggregation="token_mean", clip_eps_low=0.1, clip_eps_high=0.3,
+                      dual_clip=2.0, tis_cap=1.2)
+  x = make_inputs(theta, mask, jnp.asarray(adv), {**extra, "behaviour": extra["behaviour"] * 4})
+  loss, _ = obj.loss_and_metrics(cfg, x, obj.denominators(x))
+  lp, b, m = (np.asarray(a, np.float64) for a in (x.logprobs_BxT, x.behaviour_logprobs_BxT, mask))
+  total = 0.0
+  for g in range(B):
+    for t in range(T):
+      if m[g, t]:
+        rho, a = np.exp(lp[g, t] - b[g, t]), adv[g]
+        l = -min(rho * a, min(max(rho, 0.9), 1.3) * a)
+        if a < 0:
+          l = min(l, -2.0 * a)
+        total += l * min(rho, 1.2)
+  np.testing.assert_allclose(float(loss), total / m.sum(), rtol=1e-5)
+
+
+# 4. micro-batch exactness ---------------------------------------------------------------------------
+CASES = [("naive", {}), ("spo", {}), ("asympo", {}), ("gpg", {}), ("nll", {}),
+         ("grpo", {}), ("grpo", {"aggregation": "token_mean", "dual_clip": 3.0}),
+         ("grpo", {"tis_cap": 1.5, "tis_level": "seq"}), ("asympo", {"kl_coef": 0.1, "entropy_coef": 0.01})]
+
+
+@pytest.mark.parametrize("name,kw", CASES)
+def test_micro_batches_give_the_full_batch_loss_gradient_and_metrics(name, kw):
+  theta, mask, rewards, extra, entropy = random_batch(11)
+  adv = obj.group_advantages(rewards, G, True)
+  cfg = objective_cfg(name, **kw)
+
+  def full(t):
+    x = make_inputs(t, mask, adv, extra, entropy)
+    return obj.loss_and_metrics(cfg, x, obj.denominators(x))
+
+  (loss, metrics), grad = jax.value_and_grad(full, has_aux=True)(theta)
+  denoms = obj.denominators(make_inputs(theta, mask, adv, extra, entropy))
+  acc_loss, acc_grad, acc_metrics = 0.0, jnp.zeros_like(theta), None
+  for rows in np.split(np.arange(B), 4):
+    def micro(t_rows):
+      x = make_inputs(t_rows, mask[rows], adv[rows],
+                      {k: v[rows] for k, v in extra.items()}, entropy[rows])
+      return obj.loss_and_metrics(cfg, x, denoms)
+    (l, m), g = jax.value_and_grad(micro, has_aux=True)(theta[rows])
+    acc_loss += l
+    acc_grad = acc_grad.at[rows].set(g)
+    acc_metrics = m if acc_metrics is None else obj.combine_metrics(acc_metrics, m)
+  np.testing.assert_allclose(acc_loss, loss, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(acc_grad, grad, rtol=1e-6, atol=1e-8)
+  full_m, micro_m = obj.finalize_metrics(metrics), obj.finalize_metrics(acc_metrics)
+  assert set(full_m) == set(micro_m)
+  for k in full_m:
+    np.testing.assert_allclose(micro_m[k], full_m[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+# 5. padding invariance ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,kw", CASES)
+def test_masked_positions_change_nothing(name, kw):
+  theta, mask, rewards, extra, entropy = random_batch(5)
+  adv = obj.group_advantages(rewards, G, True)
+  cfg = objective_cfg(name, **kw)
+  pad = mask == 0
+  garbage = jnp.asarray(np.random.default_rng(1).normal(size=(B, T)) * 50, jnp.float32)
+  theta2 = jnp.where(pad, garbage, theta)
+  extra2 = {"behaviour": jnp.where(pad, jnp.inf, extra["behaviour"]), "ref": jnp.where(pad, jnp.nan, extra["ref"])}
+  entropy2 = jnp.where(pad, 1e30, entropy)
+  a = jax.value_and_grad(loss_fn(cfg, mask, adv, extra, entropy), has_aux=True)(theta)
+  b = jax.value_and_grad(loss_fn(cfg, mask, adv, extra2, entropy2), has_aux=True)(theta2)
+  (la, ma), ga = a
+  (lb, mb), gb = b
+  np.testing.assert_array_equal(la, lb)
+  np.testing.assert_array_equal(ga, gb)
+  for k in ma:
+    np.testing.assert_array_equal(ma[k], mb[k], err_msg=k)
+  assert np.all(np.asarray(ga)[np.asarray(pad)] == 0)
+
+
+# 6. behaviour log-probs -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["naive", "spo", "asympo", "gpg", "nll"])
+def test_current_policy_objectives_need_no_behaviour_logprobs(name):
+  theta, mask, rewards, _, _ = random_batch(2)
+  adv = obj.group_advantages(rewards, G, True)
+  loss, metrics = loss_fn(objective_cfg(name), mask, adv)(theta)
+  assert np.isfinite(float(loss))
+  assert not any(k.startswith("offpolicy/") for k in metrics)
+
+
+def test_grpo_without_behaviour_logprobs_is_refused():
+  theta, mask, rewards, _, _ = random_batch(2)
+  adv = obj.group_advantages(rewards, G, True)
+  with pytest.raises(ValueError, match="record_behaviour_logprobs"):
+    loss_fn(objective_cfg("grpo"), mask, adv)(theta)
+  cfg = base_config()
+  cfg.objective.name = "grpo"
+  with pytest.raises(ConfigError, match="config.rollout.record_behaviour_logprobs"):
+    obj.validate(cfg)
+  cfg.rollout.record_behaviour_logprobs = True
+  obj.validate(cfg)
+
+
+@pytest.mark.parametrize("key,value", [("name", "ppo"), ("negative_scale", 0.0), ("negative_scale", 1.5),
+                                       ("eps", 0.0), ("eps", -1e-3), ("dual_clip", 0.5),
+                                       ("aggregation", "sum"), ("tis_level", "chunk")])
+def test_bad_objective_values_are_refused_by_key(key, value):
+  cfg = base_config()
+  cfg.objective[key] = value
+  with pytest.raises(ConfigError, match=f"config.objective.{key}"):
+    obj.validate(cfg)
+
+
+def test_offpolicy_diagnostics_against_numpy():
+  theta, mask, rewards, extra, _ = random_batch(4)
+  adv = obj.group_advantages(rewards, G, True)
+  _, m = loss_fn(objective_cfg("asympo"), mask, adv, extra)(theta)
+  lp = np.asarray(logprobs_of(theta), np.float64)
+  log_r = -np.asarray(extra["behaviour"], np.float64)  # lp - (lp + delta)
+  sel = np.asarray(mask) > 0
+  np.testing.assert_allclose(m["offpolicy/ratio_mean"], np.exp(log_r[sel]).mean(), rtol=1e-5)
+  np.testing.assert_allclose(m["offpolicy/ratio_max"], np.exp(log_r[sel]).max(), rtol=1e-5)
+  np.testing.assert_allclose(m["offpolicy/kl"], (np.exp(log_r[sel]) - 1 - log_r[sel]).mean(), rtol=1e-4)
+  assert lp.shape == (B, T)
+
+
+# 8. the scale-imbalance case of DESIGN §1 -----------------------------------------------------------
+def imbalanced_group():
+  """One group of 4: two correct responses at NLL 0.2 per token, two wrong ones at NLL 3.0."""
+  mask = jnp.ones((4, 6), jnp.float32)
+  lp = jnp.asarray([[-0.2] * 6, [-0.2] * 6, [-3.0] * 6, [-3.0] * 6], jnp.float32)
+  adv = obj.group_advantages(jnp.asarray([1.0, 1.0, 0.0, 0.0]), 4, std_normalize=False)
+  return obj.Inputs(lp, mask, adv)
+
+
+@pytest.mark.parametrize("name,kw,ratio,net", [
+    ("naive", {}, 15.0, (0.5 * 0.2 * 2 - 0.5 * 3.0 * 2) / 4),
+    ("spo", {"negative_scale": 0.5}, 7.5, (0.5 * 0.2 * 2 - 0.5 * 0.5 * 3.0 * 2) / 4),
+    ("asympo", {}, 1.0, 0.0),
+])
+def test_scale_imbalance_case(name, kw, ratio, net):
+  x = imbalanced_group()
+  _, m = obj.loss_and_metrics(objective_cfg(name, **kw), x, obj.denominators(x))
+  m = obj.finalize_metrics(m)
+  np.testing.assert_allclose(m["balance/pos_nll"], 0.2, rtol=1e-6)
+  np.testing.assert_allclose(m["balance/neg_nll"], 3.0, rtol=1e-6)
+  np.testing.assert_allclose(m["balance/neg_pos_ratio"], ratio, rtol=1e-5)
+  np.testing.assert_allclose(m["balance/net_loss"], net, atol=1e-6)

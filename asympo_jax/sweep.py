@@ -1,0 +1,155 @@
+"""Sweeps: a grid over config keys, one run directory per point, resumable, with a summary and curves.
+
+Each point runs `train.py` in its own process (a crash in one run leaves the others alone and every run
+starts from a clean JAX state). A point whose directory holds `DONE_NAME` is skipped; an unfinished one is
+launched again and train.py resumes it from its last checkpoint. A failed run does not stop the others.
+
+The summary reads each run's metrics.jsonl: final and best eval accuracy, final reward, and stability flags
+(`collapse`: the final accuracy fell more than `collapse_drop` below the run's best; `nonfinite`: the run
+skipped non-finite updates), written as results.md and results.csv, and plotted as accuracy and
+balance/neg_pos_ratio against step, one line per run, one panel per value of the facet key.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from typing import Any, Sequence
+
+from asympo_jax.metrics import JSONL_NAME, read_jsonl
+
+DONE_NAME = "sweep_done.json"
+ACCURACY = "eval/accuracy"
+REWARD = "reward/mean"
+RATIO = "balance/neg_pos_ratio"
+SKIPPED = "optim/skipped_updates"
+
+
+def parse_axis(text: str) -> tuple[str, list[str]]:
+  """"rollout.staleness=0,2,8" -> ("rollout.staleness", ["0", "2", "8"])."""
+  key, sep, values = text.partition("=")
+  if not sep or not key or not values:
+    raise ValueError(f"grid axis {text!r}: expected KEY=V1,V2,...")
+  return key, values.split(",")
+
+
+def grid(axes: Sequence[tuple[str, list[str]]]) -> list[dict[str, str]]:
+  """The cartesian product of the axes, in the order given, as {key: value} points."""
+  keys = [k for k, _ in axes]
+  return [dict(zip(keys, values)) for values in itertools.product(*(v for _, v in axes))]
+
+
+def run_name(point: dict[str, str]) -> str:
+  return ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
+
+
+def run_point(train_py: str, config: str, point: dict[str, str], workdir: str, extra: Sequence[str] = ()) -> bool:
+  """Runs one point to completion (resuming if it has a checkpoint) unless it is marked done; False if it failed."""
+  if os.path.exists(os.path.join(workdir, DONE_NAME)):
+    return True
+  overrides = [f"--config.{k}={v}" for k, v in point.items()]
+  cmd = [sys.executable, train_py, f"--config={config}", f"--config.workdir={workdir}", *overrides, *extra]
+  if subprocess.run(cmd).returncode != 0:
+    return False
+  with open(os.path.join(workdir, DONE_NAME), "w") as f:
+    json.dump({"point": point, "command": cmd}, f)
+  return True
+
+
+def _last(records: list[dict[str, Any]], key: str) -> float:
+  values = [r[key] for r in records if key in r]
+  return values[-1] if values else math.nan
+
+
+def summarize_run(workdir: str, collapse_drop: float) -> dict[str, Any]:
+  records = read_jsonl(workdir) if os.path.exists(os.path.join(workdir, JSONL_NAME)) else []
+  accuracies = [r[ACCURACY] for r in records if ACCURACY in r]
+  final, best = (accuracies[-1], max(accuracies)) if accuracies else (math.nan, math.nan)
+  return {
+      "final_accuracy": final,
+      "best_accuracy": best,
+      "final_reward": _last(records, REWARD),
+      "collapse": bool(accuracies) and best - final > collapse_drop,
+      "nonfinite": _last(records, SKIPPED) > 0,  # NaN (never logged) compares False
+      "steps": records[-1]["step"] if records else 0,
+  }
+
+
+def _fmt(v: Any) -> str:
+  return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_table(rows: list[dict[str, Any]], out_dir: str) -> None:
+  """results.csv and results.md, one row per run."""
+  columns = list(rows[0])
+  with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]
+  with open(os.path.join(out_dir, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def plot_curves(runs: dict[str, str], points: dict[str, dict[str, str]], facet: str | None, out_dir: str,
+                caption: str) -> list[str]:
+  """accuracy.png and neg_pos_ratio.png: metric against step, a line per run, a panel per facet value."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  facets = sorted({points[n].get(facet, "") for n in runs}, key=_numeric_first) if facet else [""]
+  written = []
+  for key, file in ((ACCURACY, "accuracy.png"), (RATIO, "neg_pos_ratio.png")):
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.5 * len(facets), 3.6), squeeze=False, sharey=True)
+    for ax, value in zip(axes[0], facets):
+      for name, workdir in runs.items():
+        if facet and points[name].get(facet) != value:
+          continue
+        path = os.path.join(workdir, JSONL_NAME)
+        records = [r for r in read_jsonl(workdir) if key in r] if os.path.exists(path) else []
+        label = run_name({k: v for k, v in points[name].items() if k != facet})
+        ax.plot([r["step"] for r in records], [r[key] for r in records], marker=".", label=label or name)
+      ax.set_title(f"{facet} = {value}" if facet else key)
+      ax.set_xlabel("step")
+      ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(key)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(caption, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, file), dpi=110)
+    plt.close(fig)
+    written.append(os.path.join(out_dir, file))
+  return written
+
+
+def _numeric_first(v: str) -> tuple[int, float, str]:
+  try:
+    return (0, float(v), v)
+  except ValueError:
+    return (1, 0.0, v)
+
+
+def sweep(train_py: str, config: str, axes: Sequence[tuple[str, list[str]]], root: str, facet: str | None = None,
+          collapse_drop: float = 0.1, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+  """Runs (or resumes) every point of the grid under `root`, then writes the table and the plots there."""
+  os.makedirs(root, exist_ok=True)
+  points = {run_name(p): p for p in grid(axes)}
+  runs = {name: os.path.join(root, name) for name in points}
+  # A failed run does not stop the others; the sweep reports it in the table and raises at the end.
+  ok = {name: run_point(train_py, config, point, runs[name], extra) for name, point in points.items()}
+  rows = [{"run": name, **points[name], "status": "done" if ok[name] else "failed",
+           **summarize_run(runs[name], collapse_drop)} for name in points]
+  write_table(rows, root)
+  command = " ".join(["python sweep.py", f"--config={config}", *(f"--grid={k}={','.join(v)}" for k, v in axes),
+                      f"--root={root}", *extra])
+  plot_curves(runs, points, facet, root, caption=command)
+  failed = [name for name in points if not ok[name]]
+  if failed:
+    raise RuntimeError(f"{len(failed)} run(s) failed: {failed}; run the sweep again to retry them")
+  return rows

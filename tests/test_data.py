@@ -1,0 +1,109 @@
+"""Data: named benchmarks from the local files, file specs with field mappings, gym tasks, clear errors."""
+import json
+
+import pyarrow
+import pyarrow.parquet
+import pytest
+from hypothesis import given, strategies as st
+
+from asympo_jax import config, data
+
+
+@pytest.mark.parametrize("name, count", [("gsm8k_test", 1319), ("gsm8k_train", 7473), ("math500_test", 500),
+                                         ("aime24_test", 30), ("amc23_test", 40)])
+def test_named_benchmarks_load_from_the_local_files(name, count):
+  problems = data.load(name)
+  assert len(problems) == count
+  assert all(p.question and p.answer and p.source == name for p in problems)
+  assert len({p.id for p in problems}) == count
+
+
+def test_gold_answers_are_read_by_each_format():
+  gsm = data.load("gsm8k_test", limit=3)
+  assert [p.answer for p in gsm] == ["18", "3", "70000"]
+  assert "####" in gsm[0].solution
+  assert data.load("amc23_test")[0].answer == "27"  # stored as the float 27.0
+  math500 = data.load("math500_test", limit=1)[0]
+  assert math500.answer == "\\left( 3, \\frac{\\pi}{2} \\right)" and math500.id == "test/precalculus/807.json"
+
+
+def _write_jsonl(path, records):
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_file_spec_with_field_mapping_and_boxed_format(tmp_path):
+  path = tmp_path / "mine.jsonl"
+  _write_jsonl(path, [{"q": "1+1?", "sol": "so \\boxed{2}", "k": "a"}, {"q": "2+2?", "sol": "\\boxed{4}", "k": "b"}])
+  problems = data.load(f"file:{path}?question=q&answer=sol&format=boxed&solution=sol&id=k")
+  assert [(p.question, p.answer, p.id) for p in problems] == [("1+1?", "2", "a"), ("2+2?", "4", "b")]
+
+
+def test_parquet_file(tmp_path):
+  path = tmp_path / "mine.parquet"
+  pyarrow.parquet.write_table(pyarrow.table({"problem": ["x?", "y?"], "answer": ["1", "2"]}), path)
+  problems = data.load(f"file:{path}?question=problem&answer=answer")
+  assert [(p.question, p.answer, p.id) for p in problems] == [("x?", "1", "0"), ("y?", "2", "1")]
+
+
+def test_a_missing_field_names_the_file_and_line(tmp_path):
+  path = tmp_path / "bad.jsonl"
+  _write_jsonl(path, [{"question": "a", "answer": "1"}, {"question": "b", "answer": "2"}, {"question": "c"}])
+  with pytest.raises(data.DataError, match=rf"{path}:3: missing field 'answer'"):
+    data.load(f"file:{path}?question=question&answer=answer")
+
+
+def test_an_unreadable_record_names_the_file_and_line(tmp_path):
+  path = tmp_path / "bad.jsonl"
+  path.write_text('{"question": "a", "answer": "1"}\n{"question": "b", "answ\n')
+  with pytest.raises(data.DataError, match=rf"{path}:2: unreadable JSON"):
+    data.load(f"file:{path}?question=question&answer=answer")
+
+
+def test_a_record_without_a_gold_answer_names_the_line(tmp_path):
+  path = tmp_path / "bad.jsonl"
+  _write_jsonl(path, [{"question": "a", "answer": "no marker here"}])
+  with pytest.raises(data.DataError, match=rf"{path}:1: no gold answer"):
+    data.load(f"file:{path}?question=question&answer=answer&format=gsm8k")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("gsm9k_test", "unknown dataset spec"),
+    ("minerva_test", "no local copy"),
+    ("file:/nonexistent.jsonl?question=q&answer=a", "no such file"),
+    ("file:x.jsonl?question=q", "needs question= and answer="),
+    ("gym:no_such_task", "reasoning-gym refused"),
+])
+def test_bad_specs_fail_clearly(spec, message):
+  with pytest.raises(data.DataError, match=message):
+    data.load(spec)
+
+
+def test_gym_tasks_are_seeded():
+  a = data.load("gym:chain_sum?size=20&seed=5")
+  b = data.load("gym:chain_sum?size=20&seed=5")
+  c = data.load("gym:chain_sum?size=20&seed=6")
+  assert [p.question for p in a] == [p.question for p in b] != [p.question for p in c]
+  assert all(p.gym_entry is not None and p.answer == p.gym_entry["answer"] for p in a)
+  assert len(data.load("gym:chain_sum?size=7&seed=5&min_terms=2&max_terms=2")) == 7
+
+
+@given(n=st.integers(1, 30), count=st.integers(1, 8), seed=st.integers(0, 3))
+def test_each_epoch_visits_every_problem_once(n, count, seed):
+  problems = [data.Problem(str(i), str(i), str(i), "t") for i in range(n)]
+  steps = n  # n steps of `count` problems = `count` whole epochs
+  seen = [p.id for s in range(steps) for p in data.problems_for_step(problems, s, count, seed)]
+  for epoch in range(count):
+    assert sorted(seen[epoch * n:(epoch + 1) * n], key=int) == [str(i) for i in range(n)]
+  assert data.problems_for_step(problems, 3, count, seed) == data.problems_for_step(problems, 3, count, seed)
+
+
+def test_validate_names_the_key():
+  cfg = config.base_config()
+  cfg.data.eval = "gsm8k_test,nope"
+  with pytest.raises(config.ConfigError, match="config.data.eval"):
+    data.validate(cfg)
+  cfg = config.base_config()
+  cfg.data.template = "fancy"
+  with pytest.raises(config.ConfigError, match="config.data.template"):
+    data.validate(cfg)
+  data.validate(config.base_config())

@@ -1,0 +1,219 @@
+"""The batched sampler: one prefill pass, then a decode loop inside jit over a fixed-size KV cache.
+
+`Sampler(model, cfg.rollout, eos_ids, pad_id)` compiles `generate(state, prompts, seed=, step=)` for a few
+shapes only: the batch size is fixed (prompts_per_step * group_size rows) and the prompt length is bucketed
+(powers of two from 16 up to rollout.max_prompt_len). The decode loop is a `lax.while_loop` of at most
+rollout.max_new_tokens steps that exits as soon as every row has finished (EOS or a stop sequence). The KV
+cache is allocated inside the jitted function and lives in the loop carry, which XLA updates in place, so it
+is never copied between steps nor held between calls.
+
+Randomness: row p*G + g draws its t-th token with the key fold_in(row_key, t), where row_key depends on
+(seed, step, prompt id, g) only (sampling.row_keys), so a response never depends on the rest of the batch.
+
+Behaviour log-probs (rollout.record_behaviour_logprobs, used by the grpo baseline and the diagnostics) are the
+float32 log-softmax of the *untempered, unfiltered* model logits at the sampled token: the objectives compare
+them with the current policy's log-probs, which are untempered. With temperature != 1 or top-k/top-p they
+are therefore not the log-probs of the distribution the token was actually drawn from.
+
+With `mesh` (disjoint rollout devices, rollout.devices), the sampler's parameters, prompts and cache are laid
+out on that mesh; `transfer(state)` is the resharding device_put that moves published parameters there.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from asympo_jax import kv_cache as kvc
+from asympo_jax import sampling
+from asympo_jax.config import ConfigError, check
+from asympo_jax.model import Decoder
+from asympo_jax.sharding import state_shardings
+
+MIN_PROMPT_BUCKET = 16
+
+
+def validate(cfg_rollout: ml_collections.ConfigDict) -> None:
+  """Checks the sampler's keys of config.rollout."""
+  for key in ("prompts_per_step", "group_size", "max_prompt_len", "max_new_tokens"):
+    check(isinstance(cfg_rollout[key], int) and cfg_rollout[key] >= 1, f"rollout.{key}",
+          f"must be an integer >= 1, got {cfg_rollout[key]!r}")
+  check(cfg_rollout.temperature >= 0, "rollout.temperature", f"must be >= 0 (0: greedy), got "
+        f"{cfg_rollout.temperature}")
+  check(0 < cfg_rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {cfg_rollout.top_p}")
+  check(isinstance(cfg_rollout.top_k, int) and cfg_rollout.top_k >= 0, "rollout.top_k",
+        f"must be an integer >= 0 (0: off), got {cfg_rollout.top_k!r}")
+  stops = cfg_rollout.stop_sequences
+  check(all(isinstance(s, (list, tuple)) and s and all(isinstance(t, int) for t in s) for s in stops),
+        "rollout.stop_sequences", f"must be a list of non-empty token-id lists, got {stops!r}")
+
+
+def rollout_mesh(cfg_rollout: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
+                 ) -> Mesh | None:
+  """The sampler's own mesh for rollout.devices = "start:stop" (a range of jax.devices()), or None ("")."""
+  spec = cfg_rollout.devices
+  if not spec:
+    return None
+  devices = list(jax.devices() if devices is None else devices)
+  try:
+    start, stop = (int(x) for x in spec.split(":"))
+  except ValueError:
+    raise ConfigError(f"config.rollout.devices: expected 'start:stop', got {spec!r}") from None
+  chosen = devices[start:stop]
+  check(0 <= start < stop <= len(devices), "rollout.devices",
+        f"{spec!r} is not a non-empty range of the {len(devices)} devices")
+  rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
+  check(rows % len(chosen) == 0, "rollout.devices",
+        f"{len(chosen)} devices do not divide the {rows} rows (prompts_per_step * group_size)")
+  return Mesh(np.asarray(chosen).reshape(len(chosen), 1, 1), ("data", "fsdp", "tensor"))
+
+
+def prompt_bucket(length: int, max_prompt_len: int) -> int:
+  """The padded prompt length a batch whose longest prompt has `length` tokens compiles for."""
+  bucket = MIN_PROMPT_BUCKET
+  while bucket < length:
+    bucket *= 2
+  return min(bucket, max_prompt_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+  """Everything static about one compiled generate."""
+  max_new_tokens: int
+  temperature: float
+  top_k: int
+  top_p: float
+  stop_sequences: tuple[tuple[int, ...], ...]
+  pad_id: int
+  record_logprobs: bool
+
+
+class Samples(NamedTuple):
+  """Host arrays; B = P * G rows, group-contiguous; N = max_new_tokens."""
+  tokens_BxN: np.ndarray  # int32, pad_id after the end
+  mask_BxN: np.ndarray  # int32, 1 on generated tokens including the EOS / last stop token
+  finish_B: np.ndarray  # int32 index into sampling.FINISH_REASONS
+  logprobs_BxN: np.ndarray | None  # float32 behaviour log-probs (0 on padding), when recorded
+
+
+def _logits(model: Decoder, hidden_BxD: jax.Array) -> jax.Array:
+  return jnp.dot(hidden_BxD, model.unembedding(), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
+def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+                    keys_B: jax.Array, eos_E: jax.Array, spec: DecodeSpec) -> dict[str, jax.Array]:
+  """Samples spec.max_new_tokens tokens after left-padded prompts (every row's last column is real)."""
+  model = nnx.merge(graphdef, state)
+  batch, prompt_len = prompt_BxP.shape
+  n = spec.max_new_tokens
+  cache = kvc.init_cache(model.cfg, batch, prompt_len + n)
+  positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=1) - 1, 0)
+  hidden, cache = model(prompt_BxP, positions_BxP, prompt_mask_BxP, cache)
+  window = max([len(s) for s in spec.stop_sequences], default=1)
+
+  def emit(i, logits_BxV, carry):
+    """Chooses token i of every unfinished row and records why rows finish."""
+    tokens, logprobs, length, finish, recent = carry
+    done = length <= i  # finished before step i
+    step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys_B, i)
+    token = sampling.choose(logits_BxV, step_keys, spec.temperature, spec.top_k, spec.top_p)
+    token = jnp.where(done, spec.pad_id, token)
+    tokens = tokens.at[:, i].set(token)
+    if spec.record_logprobs:
+      logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, sampling.token_logprob(logits_BxV, token)))
+    recent = jnp.concatenate([recent[:, 1:], token[:, None]], axis=1)
+    is_eos = ~done & jnp.isin(token, eos_E)
+    is_stop = ~done & ~is_eos & sampling.stop_sequence_hit(recent, spec.stop_sequences)
+    finish = jnp.where(is_eos, 1, jnp.where(is_stop, 2, finish))
+    length = jnp.where(done | is_eos | is_stop, length, i + 2)
+    return tokens, logprobs, length, finish, recent
+
+  # length_B: a row finished at step j holds j + 1, its response length; a live row holds i + 1 before step i.
+  carry = (jnp.full((batch, n), spec.pad_id, jnp.int32), jnp.zeros((batch, n), jnp.float32),
+           jnp.full((batch,), 1, jnp.int32), jnp.zeros((batch,), jnp.int32),
+           jnp.full((batch, window), -1, jnp.int32))
+  carry = emit(0, _logits(model, hidden[:, -1]), carry)
+  last_position_B = positions_BxP[:, -1]
+
+  def cond(loop):
+    i, _, carry = loop
+    return (i < n) & jnp.any(carry[2] > i)
+
+  def body(loop):
+    i, cache, carry = loop
+    tokens_Bx1 = jax.lax.dynamic_slice_in_dim(carry[0], i - 1, 1, axis=1)
+    positions_Bx1 = (last_position_B + i)[:, None]
+    hidden, cache = model(tokens_Bx1, positions_Bx1, jnp.ones_like(tokens_Bx1), cache)
+    return i + 1, cache, emit(i, _logits(model, hidden[:, 0]), carry)
+
+  _, _, (tokens, logprobs, length, finish, _) = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, carry))
+  length = jnp.minimum(length, n)
+  mask = (jnp.arange(n)[None, :] < length[:, None]).astype(jnp.int32)
+  return {"tokens": tokens, "mask": mask, "finish": finish, "logprobs": logprobs}
+
+
+class Sampler:
+  """Host-side front of `generate_arrays`: pads and buckets prompts, repeats them G times, builds row keys.
+
+  `state` arguments are the model's `nnx.State` (as `nnx.split(model)` gives it), on the sampler's devices.
+  """
+
+  def __init__(self, model: Decoder, cfg_rollout: ml_collections.ConfigDict, eos_ids: Sequence[int],
+               pad_id: int, mesh: Mesh | None = None) -> None:
+    validate(cfg_rollout)
+    self.graphdef, state = nnx.split(model)
+    self.cfg = cfg_rollout
+    self.mesh = mesh
+    self.spec = DecodeSpec(
+        max_new_tokens=cfg_rollout.max_new_tokens, temperature=float(cfg_rollout.temperature),
+        top_k=cfg_rollout.top_k, top_p=float(cfg_rollout.top_p),
+        stop_sequences=tuple(tuple(s) for s in cfg_rollout.stop_sequences), pad_id=int(pad_id),
+        record_logprobs=bool(cfg_rollout.record_behaviour_logprobs))
+    self.eos_E = np.asarray(eos_ids, np.int32)
+    self._state_shardings = None if mesh is None else state_shardings(state, mesh)
+
+  def transfer(self, state: nnx.State) -> nnx.State:
+    """A copy of published parameters on the sampler's devices (resharded onto its mesh when it has one)."""
+    if self._state_shardings is None:
+      return jax.tree.map(jnp.copy, state)
+    return jax.device_put(state, self._state_shardings)
+
+  def generate(self, state: nnx.State, prompts: Sequence[Sequence[int]], *, seed: int, step: int,
+               prompt_ids: Sequence[int] | None = None) -> Samples:
+    """G samples of each prompt (token ids, without padding); rows are group-contiguous.
+
+    `prompt_ids` (default 0..P-1) name the prompts in the random keys; give global ids when each process
+    samples its own slice of the step's prompts.
+    """
+    group = self.cfg.group_size
+    lengths = [len(p) for p in prompts]
+    if not prompts or min(lengths) < 1 or max(lengths) > self.cfg.max_prompt_len:
+      raise ValueError(f"prompts must hold 1 to rollout.max_prompt_len={self.cfg.max_prompt_len} tokens; "
+                       f"got lengths {min(lengths, default=0)}..{max(lengths, default=0)} over {len(prompts)}")
+    bucket = prompt_bucket(max(lengths), self.cfg.max_prompt_len)
+    prompt_PxL = np.full((len(prompts), bucket), self.spec.pad_id, np.int32)
+    for row, p in enumerate(prompts):
+      prompt_PxL[row, bucket - len(p):] = p
+    prompt_BxL = np.repeat(prompt_PxL, group, axis=0)
+    mask_BxL = (np.arange(bucket)[None, :] >= bucket - np.repeat(lengths, group)[:, None]).astype(np.int32)
+    ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids)
+    keys = sampling.row_keys(seed, step, ids, group)
+    arrays = (prompt_BxL, mask_BxL, keys)
+    eos = self.eos_E
+    if self.mesh is not None:
+      arrays = jax.device_put(arrays, NamedSharding(self.mesh, PartitionSpec(("data", "fsdp"))))
+      eos = jax.device_put(eos, NamedSharding(self.mesh, PartitionSpec()))
+    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+      out = generate_arrays(self.graphdef, state, *arrays, eos, spec=self.spec)
+    out = jax.device_get(out)
+    return Samples(out["tokens"], out["mask"], out["finish"],
+                   out["logprobs"] if self.spec.record_logprobs else None)

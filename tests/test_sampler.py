@@ -1,0 +1,192 @@
+"""The jitted sampler against transformers' generate and against full forward passes."""
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from scipy import stats
+
+from asympo_jax import config as config_lib
+from asympo_jax import hf_io
+from asympo_jax.sampler import Sampler, prompt_bucket, rollout_mesh
+from tiny_checkpoints import make_checkpoint, positions_from_mask, torch_logits
+
+VOCAB = 101  # tiny_checkpoints' vocabulary
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("ckpt") / "qwen3")
+  torch_model = make_checkpoint("qwen3_tied", path)
+  return torch_model, hf_io.load_model(path)
+
+
+def rollout_cfg(**overrides):
+  cfg = config_lib.base_config().rollout
+  cfg.update(dict(prompts_per_step=4, group_size=1, max_prompt_len=16, max_new_tokens=10), **overrides)
+  return cfg
+
+
+def random_prompts(lengths, seed=0):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(3, VOCAB, n).tolist() for n in lengths]
+
+
+def left_pad(prompts, length):
+  ids = np.zeros((len(prompts), length), np.int64)
+  mask = np.zeros_like(ids)
+  for i, p in enumerate(prompts):
+    ids[i, length - len(p):] = p
+    mask[i, length - len(p):] = 1
+  return ids, mask
+
+
+def full_sequences(prompts, samples, group):
+  """Prompt + response rows, left-padded, as one forward pass sees them."""
+  rows = [p for p in prompts for _ in range(group)]
+  width = max(map(len, rows)) + samples.tokens_BxN.shape[1]
+  tokens, mask = left_pad([r + t[m > 0].tolist() for r, t, m in zip(rows, samples.tokens_BxN, samples.mask_BxN)],
+                          width)
+  return tokens, mask, width - samples.mask_BxN.sum(1)  # where each response starts
+
+
+@pytest.mark.parametrize("eos", [2, 11])  # 11: a token greedy decoding emits, so some rows stop early
+def test_greedy_matches_transformers_generate(checkpoint, eos):
+  torch_model, model = checkpoint
+  prompts = random_prompts([3, 9, 5, 16])
+  cfg = rollout_cfg(temperature=0.0, group_size=2)
+  samples = Sampler(model, cfg, eos_ids=[eos], pad_id=0).generate(nnx.state(model), prompts, seed=0, step=0)
+  ids, mask = left_pad(prompts, 16)
+  want = torch_model.generate(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
+                              max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=0)[:, 16:].numpy()
+  for row in range(8):
+    ref = want[row // 2]
+    length = next((i + 1 for i, t in enumerate(ref) if t == eos), len(ref))
+    assert samples.mask_BxN[row].sum() == length
+    np.testing.assert_array_equal(samples.tokens_BxN[row, :length], ref[:length])
+    assert samples.finish_B[row] == (1 if ref[length - 1] == eos else 0)
+  assert eos == 2 or (samples.finish_B == 1).any()
+
+
+def test_first_token_follows_the_model_distribution(checkpoint):
+  torch_model, model = checkpoint
+  prompt = random_prompts([6], seed=3)
+  group = 4000
+  cfg = rollout_cfg(prompts_per_step=1, group_size=group, max_new_tokens=1, temperature=1.0)
+  samples = Sampler(model, cfg, eos_ids=[2], pad_id=0).generate(nnx.state(model), prompt, seed=5, step=1)
+  logits = torch_logits(torch_model, np.array(prompt), np.ones((1, 6), np.int64))[0, -1].astype(np.float64)
+  p = np.exp(logits - logits.max())
+  p /= p.sum()
+  counts = np.bincount(samples.tokens_BxN[:, 0], minlength=VOCAB)
+  # pool rare tokens so every expected count is >= 5
+  order = np.argsort(p)
+  rare = order[np.cumsum(p[order]) * group < 5]
+  common = np.setdiff1d(np.arange(VOCAB), rare)
+  observed = np.append(counts[common], counts[rare].sum())
+  expected = np.append(p[common], p[rare].sum()) * group
+  assert stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+# One compiled sampler serves the three tests below: tempered, top-k filtered, recording log-probs.
+FILTERED = dict(prompts_per_step=2, group_size=16, temperature=1.3, top_k=4, record_behaviour_logprobs=True)
+
+
+def assert_in_filtered_sets(torch_model, prompts, samples, group, temperature, top_k, top_p):
+  tokens, mask, starts = full_sequences(prompts, samples, group)
+  logits = torch_logits(torch_model, tokens, mask).astype(np.float64) / temperature
+  for row in range(len(tokens)):
+    for t in range(starts[row], tokens.shape[1]):
+      x = logits[row, t - 1]
+      tok = tokens[row, t]
+      p = np.exp(x - x.max())
+      p /= p.sum()
+      if top_k:
+        assert (x > x[tok]).sum() < top_k
+      assert p[p > p[tok]].sum() < top_p + 1e-6
+
+
+@pytest.mark.parametrize("overrides", [FILTERED, dict(FILTERED, top_k=0, top_p=0.6, temperature=1.0)])
+def test_top_k_top_p_stay_in_their_sets_at_every_position(checkpoint, overrides):
+  torch_model, model = checkpoint
+  prompts = random_prompts([4, 7], seed=1)
+  cfg = rollout_cfg(**overrides)
+  samples = Sampler(model, cfg, eos_ids=[2], pad_id=0).generate(nnx.state(model), prompts, seed=0, step=0)
+  assert_in_filtered_sets(torch_model, prompts, samples, cfg.group_size, cfg.temperature, cfg.top_k, cfg.top_p)
+
+
+def test_behaviour_logprobs_equal_full_forward(checkpoint):
+  _, model = checkpoint
+  prompts = random_prompts([2, 11], seed=2)
+  samples = Sampler(model, rollout_cfg(**FILTERED), eos_ids=[11], pad_id=0).generate(
+      nnx.state(model), prompts, seed=1, step=4)
+  assert (samples.finish_B == 1).any() and (samples.finish_B == 0).any()
+  tokens, mask, starts = full_sequences(prompts, samples, FILTERED["group_size"])
+  hidden, _ = model(tokens, positions_from_mask(mask), mask)
+  logprobs = jax.nn.log_softmax(np.asarray(model.logits(hidden)), axis=-1)  # untempered, unfiltered
+  for row in range(len(tokens)):
+    n = samples.mask_BxN[row].sum()
+    want = [logprobs[row, starts[row] + i - 1, tokens[row, starts[row] + i]] for i in range(n)]
+    np.testing.assert_allclose(samples.logprobs_BxN[row, :n], want, atol=1e-5)
+    assert (samples.logprobs_BxN[row, n:] == 0).all()
+
+
+def test_response_depends_only_on_seed_step_prompt_and_sample(checkpoint):
+  _, model = checkpoint
+  a, b, c = random_prompts([5, 8, 3], seed=4)
+  sampler = Sampler(model, rollout_cfg(**FILTERED), eos_ids=[2], pad_id=0)
+  state = nnx.state(model)
+  g = FILTERED["group_size"]
+  one = sampler.generate(state, [a, b], seed=7, step=3, prompt_ids=[10, 11])
+  two = sampler.generate(state, [c, a], seed=7, step=3, prompt_ids=[12, 10])
+  np.testing.assert_array_equal(one.tokens_BxN[:g], two.tokens_BxN[g:])
+  assert len({tuple(r) for r in one.tokens_BxN[:g]}) > 1  # the samples of a group differ
+  other_step = sampler.generate(state, [a, b], seed=7, step=4, prompt_ids=[10, 11])
+  assert not np.array_equal(one.tokens_BxN, other_step.tokens_BxN)
+
+
+def test_stop_sequence_ends_the_response_after_it(checkpoint):
+  _, model = checkpoint
+  prompts = random_prompts([3, 9, 5, 16])
+  greedy = Sampler(model, rollout_cfg(temperature=0.0, group_size=2), eos_ids=[2], pad_id=0)
+  free = greedy.generate(nnx.state(model), prompts, seed=0, step=0).tokens_BxN
+  stop = free[2, 2:4].tolist()  # appears in row 2 at positions 2..3
+  cfg = rollout_cfg(temperature=0.0, group_size=2, stop_sequences=[[99, 98, 97], stop])
+  samples = Sampler(model, cfg, eos_ids=[2], pad_id=0).generate(nnx.state(model), prompts, seed=0, step=0)
+  for row in range(8):
+    ends = [i + 1 for i in range(1, 10) if free[row, i - 1:i + 1].tolist() == stop]
+    length = ends[0] if ends else 10
+    assert samples.mask_BxN[row].sum() == length
+    np.testing.assert_array_equal(samples.tokens_BxN[row, :length], free[row, :length])
+    assert (samples.tokens_BxN[row, length:] == 0).all()
+    assert samples.finish_B[row] == (2 if ends else 0)
+
+
+def test_disjoint_rollout_devices_sample_the_same(checkpoint):
+  _, model = checkpoint
+  prompts = random_prompts([3, 9, 5, 16])
+  cfg = rollout_cfg(temperature=0.0, group_size=2, devices="4:8")
+  mesh = rollout_mesh(cfg)
+  here = Sampler(model, rollout_cfg(temperature=0.0, group_size=2), eos_ids=[2], pad_id=0)
+  there = Sampler(model, cfg, eos_ids=[2], pad_id=0, mesh=mesh)
+  moved = there.transfer(nnx.state(model))
+  assert all(leaf.sharding.device_set == set(jax.devices()[4:8]) for leaf in jax.tree.leaves(moved))
+  want = here.generate(nnx.state(model), prompts, seed=3, step=2)
+  got = there.generate(moved, prompts, seed=3, step=2)
+  np.testing.assert_array_equal(got.tokens_BxN, want.tokens_BxN)
+
+
+def test_prompt_buckets_are_few_and_fit():
+  for max_len in (16, 48, 64):
+    buckets = {prompt_bucket(n, max_len) for n in range(1, max_len + 1)}
+    assert len(buckets) <= 4
+    assert all(prompt_bucket(n, max_len) >= n for n in range(1, max_len + 1))
+
+
+@pytest.mark.parametrize("key,value", [("top_p", 0.0), ("temperature", -1.0), ("top_k", -2),
+                                       ("stop_sequences", [[]]), ("devices", "6:12"), ("devices", "3"),
+                                       ("group_size", 0)])
+def test_bad_rollout_config_names_the_key(checkpoint, key, value):
+  _, model = checkpoint
+  cfg = rollout_cfg(**{key: value})
+  with pytest.raises(config_lib.ConfigError, match=f"rollout.{key}"):
+    Sampler(model, cfg, eos_ids=[2], pad_id=0, mesh=rollout_mesh(cfg))

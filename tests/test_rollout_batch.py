@@ -1,0 +1,77 @@
+"""The train batch the rollout hands the learner: layout of contracts.md, and deterministic fixed-lag runs."""
+import jax
+import numpy as np
+from flax import nnx
+from hypothesis import given, settings, strategies as st
+
+from asympo_jax import config as config_lib
+from asympo_jax import hf_io
+from asympo_jax.rollout import RolloutGenerator
+from asympo_jax.rollout_batch import assemble, make_build_batch
+from asympo_jax.sampler import Sampler, Samples
+from tiny_checkpoints import make_checkpoint
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), num_prompts=st.integers(1, 3), group=st.integers(1, 3), logprobs=st.booleans())
+def test_assemble_follows_the_contract(data, num_prompts, group, logprobs):
+  cfg = config_lib.base_config().rollout
+  cfg.update(dict(group_size=group, max_prompt_len=5, max_new_tokens=4))
+  prompts = [data.draw(st.lists(st.integers(3, 50), min_size=1, max_size=5)) for _ in range(num_prompts)]
+  rows = num_prompts * group
+  lengths = np.array(data.draw(st.lists(st.integers(1, 4), min_size=rows, max_size=rows)))
+  mask = (np.arange(4)[None] < lengths[:, None]).astype(np.int32)
+  tokens = np.where(mask > 0, np.arange(rows * 4).reshape(rows, 4) + 100, 0).astype(np.int32)
+  lp = -np.random.default_rng(0).uniform(size=(rows, 4)).astype(np.float32) if logprobs else None
+  samples = Samples(tokens, mask, np.zeros(rows, np.int32), lp)
+  batch = assemble(prompts, samples, np.arange(rows), cfg, pad_id=0)
+  assert batch["tokens"].shape == batch["input_mask"].shape == batch["loss_mask"].shape == (rows, 9)
+  assert ("behaviour_logprobs" in batch) == logprobs
+  for r in range(rows):
+    prompt = prompts[r // group]
+    real = batch["tokens"][r][batch["input_mask"][r] > 0].tolist()
+    assert real == prompt + tokens[r, :lengths[r]].tolist()
+    assert batch["input_mask"][r, :5].sum() == len(prompt) and batch["input_mask"][r, 5 - len(prompt)]
+    np.testing.assert_array_equal(np.nonzero(batch["loss_mask"][r])[0], 5 + np.arange(lengths[r]))
+    if logprobs:
+      np.testing.assert_array_equal(batch["behaviour_logprobs"][r, 5:5 + lengths[r]], lp[r, :lengths[r]])
+      assert (batch["behaviour_logprobs"][r][batch["loss_mask"][r] == 0] == 0).all()
+  assert batch["rewards"].dtype == np.float32 and batch["loss_mask"].dtype == np.float32
+
+
+def test_fixed_lag_runs_with_the_same_seed_give_identical_batches(tmp_path):
+  make_checkpoint("qwen3_tied", str(tmp_path))
+  model = hf_io.load_model(str(tmp_path))
+  cfg = config_lib.base_config()
+  cfg.rollout.update(dict(prompts_per_step=2, group_size=16, max_prompt_len=16, max_new_tokens=10,
+                          temperature=1.3, top_k=4, record_behaviour_logprobs=True, staleness=1))
+  sampler = Sampler(model, cfg.rollout, eos_ids=[2], pad_id=0)
+  rng = np.random.default_rng(0)
+  dataset = [rng.integers(3, 101, n).tolist() for n in (3, 9, 5, 16, 7, 2)]
+
+  def prompts_for_step(step):
+    chosen = [dataset[(2 * step + i) % len(dataset)] for i in range(2)]
+    return chosen, [len(p) for p in chosen]
+
+  def reward(texts, targets):  # 1 when the response is longer than the prompt
+    return np.array([len(t.split()) > n for t, n in zip(texts, targets)], np.float32)
+
+  def run():
+    build = make_build_batch(sampler, prompts_for_step, lambda ids: " ".join(map(str, ids)), reward, seed=3)
+    params = nnx.state(model)
+    batches = []
+    with RolloutGenerator(build, params, cfg.rollout, 4, transfer=sampler.transfer) as gen:
+      for step in range(4):
+        batch, info = gen.get(step)
+        batches.append((batch, info["rollout/reward_mean"]))
+        params = jax.tree.map(lambda x: x * 1.05, params)  # a stand-in update that changes the samples
+        gen.publish(params, step + 1)
+    return batches
+
+  first, second = run(), run()
+  for (a, ra), (b, rb) in zip(first, second):
+    assert a.keys() == b.keys() and ra == rb
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert [int(b["policy_version"][0]) for b, _ in first] == [0, 0, 1, 2]
+  assert not np.array_equal(first[0][0]["tokens"], first[1][0]["tokens"])

@@ -22,7 +22,7 @@ from flax import nnx
 
 from asympo_jax import kv_cache as kvc
 from asympo_jax.model_config import Llama3RopeScaling, ModelConfig
-from asympo_jax.sharding import constrain
+from asympo_jax.sharding import constrain, state_shardings
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -230,3 +230,13 @@ def apply_rope(x_BxTxNxhd: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Arr
   x1, x2 = jnp.split(x, 2, axis=-1)
   cos, sin = cos[:, :, None], sin[:, :, None]
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxNxhd.dtype)
+
+
+def create_model(cfg: ModelConfig, seed: int, mesh: jax.sharding.Mesh | None = None) -> Decoder:
+  """A randomly initialised Decoder (the same values with or without a mesh); with a mesh each parameter is
+  created directly in its sharding."""
+  make = lambda: Decoder(cfg, rngs=nnx.Rngs(seed))
+  graphdef, abstract = nnx.split(nnx.eval_shape(make))
+  shardings = None if mesh is None else state_shardings(abstract, mesh)
+  state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
+  return nnx.merge(graphdef, state)

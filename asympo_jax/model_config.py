@@ -7,9 +7,13 @@ sliding-window attention, another RoPE scaling, another activation) is refused h
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
+import ml_collections
 import transformers
+
+from asympo_jax.config import check
 
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
@@ -17,6 +21,20 @@ REMAT_POLICIES = ("none", "full", "dots")
 
 class UnsupportedModelError(ValueError):
   """A Hugging Face config that this decoder cannot reproduce; the message names the field."""
+
+
+def validate(cfg_model: ml_collections.ConfigDict) -> None:
+  """Checks the `model` config section; errors name the key."""
+  check(cfg_model.param_dtype in DTYPES, "model.param_dtype", f"must be one of {DTYPES}")
+  check(cfg_model.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}")
+  check(isinstance(cfg_model.scan_layers, bool), "model.scan_layers", "must be true or false")
+  check(not cfg_model.hf_path or os.path.isfile(os.path.join(cfg_model.hf_path, "config.json")),
+        "model.hf_path", f"{cfg_model.hf_path!r} is not a Hugging Face directory with a config.json")
+
+
+def options(cfg_model: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The ModelConfig options a run's `model` section sets (for hf_io.load_model / ModelConfig.from_hf)."""
+  return dict(param_dtype=cfg_model.param_dtype, remat=cfg_model.remat, scan_layers=cfg_model.scan_layers)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Decoder parity with transformers' PyTorch models, the KV cache, and the layer options."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -94,3 +95,39 @@ def test_scan_and_remat_give_the_same_values_and_gradients(options):
   (v_ref, g_ref), (v, g) = (nnx.jit(nnx.value_and_grad(loss))(m) for m in (ref, other))
   np.testing.assert_allclose(v, v_ref, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, g_ref)
+
+
+def test_scanned_decoding_inside_a_loop_with_a_donated_cache():
+  cfg = dataclasses.replace(ModelConfig.from_hf(tc.hf_config("llama3_scaled_tied")), scan_layers=True)
+  model = Decoder(cfg, rngs=nnx.Rngs(0))
+  tokens, mask = _batch("left", seed=2)
+  prompt_len, T = 5, tokens.shape[1]
+  mask[:, prompt_len:] = 1
+  positions = tc.positions_from_mask(mask)
+  full = _logits(model, tokens, mask)
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def prefill(state, cache):
+    hidden, cache = nnx.merge(graphdef, state)(tokens[:, :prompt_len], positions[:, :prompt_len],
+                                               mask[:, :prompt_len], cache)
+    return cache
+
+  @functools.partial(jax.jit, donate_argnums=1)
+  def decode(state, cache):
+    decoder = nnx.merge(graphdef, state)
+
+    def step(t, carry):
+      cache, out = carry
+      tok = jax.lax.dynamic_slice_in_dim(jnp.asarray(tokens), t, 1, axis=1)
+      pos = jax.lax.dynamic_slice_in_dim(jnp.asarray(positions), t, 1, axis=1)
+      hidden, cache = decoder(tok, pos, jnp.ones_like(tok), cache)
+      return cache, out.at[:, t].set(decoder.logits(hidden)[:, 0])
+
+    out = jnp.zeros(full.shape, jnp.float32)
+    return jax.lax.fori_loop(prompt_len, T, step, (cache, out))
+
+  cache = prefill(state, kv_cache.init_cache(cfg, len(tokens), T))
+  cache, out = decode(state, cache)
+  np.testing.assert_allclose(np.asarray(out)[:, prompt_len:], full[:, prompt_len:], atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(cache.mask_BxS), mask)

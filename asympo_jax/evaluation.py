@@ -2,7 +2,7 @@
 
 A benchmark's results live in `<out_dir>/<benchmark>.json` as one record per (run, step), so evaluating more
 checkpoints or more runs into the same directory adds records (a re-evaluated checkpoint replaces its
-record), and `<benchmark>.png` plots every metric against training step, one line per run.
+record), and `<benchmark>.png` plots the accuracies against training step, one line per run.
 An answer counts as correct when its reward is 1 (reasoning-gym's partial credit is not correct).
 """
 from __future__ import annotations
@@ -89,20 +89,21 @@ def update_results(path: str, benchmark: str, records: Sequence[dict[str, Any]])
   return merged
 
 
-def metric_names(records: Sequence[dict[str, Any]]) -> list[str]:
-  """greedy_accuracy, then avg@n, then pass@k by k."""
-  names = {k for r in records for k in r if k == "greedy_accuracy" or k.startswith(("avg@", "pass@"))}
-  order = {"greedy_accuracy": 0, "avg": 1, "pass": 2}
-  return sorted(names, key=lambda k: (order[k.split("@")[0]], int(k.split("@")[1]) if "@" in k else 0))
+def plotted_metrics(records: Sequence[dict[str, Any]]) -> list[str]:
+  """greedy_accuracy, avg@n and the largest pass@k (pass@1 equals avg@n; the other k sit between)."""
+  names = {k for r in records for k in r}
+  passes = sorted((int(k[5:]) for k in names if k.startswith("pass@")), reverse=True)
+  avgs = sorted(k for k in names if k.startswith("avg@"))
+  return ["greedy_accuracy"] + avgs + ([f"pass@{passes[0]}"] if passes and passes[0] > 1 else [])
 
 
 def plot(records: Sequence[dict[str, Any]], benchmark: str, path: str) -> None:
-  """Every metric against training step, one panel per metric, one line per run."""
+  """The plotted metrics against training step, one panel per metric, one line per run."""
   import matplotlib
   matplotlib.use("Agg")  # headless: files only
   import matplotlib.pyplot as plt
 
-  metrics = metric_names(records)
+  metrics = plotted_metrics(records)
   runs = sorted({r["run"] for r in records})
   fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
   for ax, metric in zip(axes[0], metrics):

@@ -76,7 +76,9 @@ def test_results_json_merges_runs_and_steps_and_plots(tmp_path):
   assert stored["results"] == merged
   assert [(r["run"], r["step"], r["greedy_accuracy"]) for r in merged] == [("a", 0, 0.1), ("a", 10, 0.25),
                                                                              ("b", 10, 0.3)]
-  assert evaluation.metric_names(merged) == ["greedy_accuracy", "pass@2"]
+  assert evaluation.plotted_metrics(merged) == ["greedy_accuracy", "pass@2"]
+  assert evaluation.plotted_metrics([{"greedy_accuracy": 0, "avg@8": 0, "pass@1": 0, "pass@8": 0,
+                                      "pass@4": 0}]) == ["greedy_accuracy", "avg@8", "pass@8"]
   png = tmp_path / "gsm8k_test.png"
   evaluation.plot(merged, "gsm8k_test", str(png))
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

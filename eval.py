@@ -1,0 +1,145 @@
+"""Evaluates checkpoints on math benchmarks: greedy accuracy, avg@k and pass@k, as JSON and curves.
+
+    python eval.py --checkpoint=path/to/hf_dir --benchmarks=gsm8k_test,math500_test
+    python eval.py --run=runs/a --run=runs/b --benchmarks=math500_test --samples=8 --out_dir=runs/eval
+
+--checkpoint takes an HF directory (config.json + safetensors + tokenizer) or an orbax step directory
+(<run>/checkpoints/<step>); --run takes every checkpoint of a run. Results accumulate in
+<out_dir>/<benchmark>.json, one record per (run, step), and <benchmark>.png plots them against training step,
+one line per run; each checkpoint's outputs go to <out_dir>/samples/<benchmark>/<run>_<step>.jsonl.
+The config comes from --config (a config file), else from the run's checkpoint, else base_config(); the
+flags below override its eval keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from asympo_jax import config as config_lib
+from asympo_jax import data, evaluation, hf_io, rewards
+from asympo_jax.completions import Completer
+
+config_flags.DEFINE_config_file("config", None, "config file (default: the run's config, else base_config())")
+flags.DEFINE_multi_string("checkpoint", [], "an HF directory or an orbax step directory")
+flags.DEFINE_multi_string("run", [], "a run directory: every checkpoint in it")
+flags.DEFINE_string("benchmarks", None, "dataset specs, comma-separated (default: config.data.eval)")
+flags.DEFINE_string("out_dir", None, "results directory (default: config.eval.out_dir, else <workdir>/eval)")
+flags.DEFINE_string("run_name", None, "the run name of --checkpoint results (default: its parent directory)")
+flags.DEFINE_integer("samples", None, "samples per problem for avg@k / pass@k (default: config.eval.samples)")
+flags.DEFINE_integer("max_problems", None, "first N problems of each benchmark (default: config.data.max_eval_problems)")
+flags.DEFINE_integer("max_new_tokens", None, "(default: config.rollout.max_new_tokens)")
+flags.DEFINE_integer("max_prompt_len", None, "(default: config.rollout.max_prompt_len)")
+flags.DEFINE_integer("batch_size", None, "prompts per generate call (default: config.eval.batch_size)")
+flags.DEFINE_float("temperature", None, "of the samples (default: config.eval.temperature)")
+flags.DEFINE_string("template", None, "plain | chat (default: config.data.template)")
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  run: str
+  step: int
+  path: str
+  kind: str  # a key of LOADERS
+
+
+def _trailing_int(name: str) -> int:
+  match = re.search(r"(\d+)$", name)
+  return int(match.group(1)) if match else 0
+
+
+def find_checkpoint(path: str, run_name: str | None) -> Checkpoint:
+  path = os.path.abspath(path)
+  parent = os.path.dirname(path)
+  if os.path.exists(os.path.join(path, "config.json")):
+    return Checkpoint(run_name or os.path.basename(parent), _trailing_int(os.path.basename(path)), path, "hf")
+  if os.path.basename(parent) == "checkpoints" and os.path.basename(path).isdigit():
+    return Checkpoint(run_name or os.path.basename(os.path.dirname(parent)), int(os.path.basename(path)), path,
+                      "orbax")
+  raise app.UsageError(f"{path}: neither an HF directory (no config.json) nor an orbax step directory "
+                       "(<run>/checkpoints/<step>)")
+
+
+def run_checkpoints(run_dir: str) -> list[Checkpoint]:
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+  if not steps:
+    raise app.UsageError(f"{run_dir}: no checkpoints under {ckpt_dir}")
+  name = os.path.basename(os.path.abspath(run_dir))
+  return [Checkpoint(name, s, os.path.join(ckpt_dir, str(s)), "orbax") for s in steps]
+
+
+def load_hf(ckpt: Checkpoint, cfg) -> tuple[Any, Any]:
+  return hf_io.load_model(ckpt.path, param_dtype=cfg.model.param_dtype), hf_io.load_tokenizer(ckpt.path)
+
+
+LOADERS: dict[str, Callable[[Checkpoint, Any], tuple[Any, Any]]] = {"hf": load_hf}
+
+
+def configure(ckpt: Checkpoint) -> Any:
+  cfg = FLAGS.config if FLAGS.config is not None else config_lib.base_config()
+  overrides = {"eval.samples": FLAGS.samples, "eval.batch_size": FLAGS.batch_size,
+               "eval.temperature": FLAGS.temperature, "data.max_eval_problems": FLAGS.max_problems,
+               "rollout.max_new_tokens": FLAGS.max_new_tokens, "rollout.max_prompt_len": FLAGS.max_prompt_len,
+               "data.template": FLAGS.template, "data.eval": FLAGS.benchmarks, "eval.out_dir": FLAGS.out_dir}
+  cfg = cfg.copy_and_resolve_references()
+  for key, value in overrides.items():
+    if value is not None:
+      section, name = key.split(".")
+      cfg[section][name] = value
+  data.validate(cfg)
+  evaluation.validate(cfg)
+  if not data.split_specs(cfg.data.eval):
+    raise app.UsageError("no benchmarks: give --benchmarks or set config.data.eval")
+  return cfg
+
+
+def file_name(spec: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_")
+
+
+def evaluate_checkpoint(ckpt: Checkpoint, pool: rewards.RewardPool) -> None:
+  cfg = configure(ckpt)
+  out_dir = cfg.eval.out_dir or os.path.join(cfg.workdir, "eval")
+  model, tokenizer = LOADERS[ckpt.kind](ckpt, cfg)
+  complete = Completer(model, tokenizer, cfg, seed=cfg.seed)
+  for spec in data.split_specs(cfg.data.eval):
+    problems = data.load(spec, cfg.data.dir, cfg.data.hub, cfg.data.max_eval_problems)
+    before, complete.truncated = pool.counters.copy(), 0
+    summary, per_problem = evaluation.run_benchmark(problems, complete, pool.score, cfg.eval.samples,
+                                                    evaluation.default_ks(cfg.eval.samples))
+    name = file_name(spec)
+    record = {"run": ckpt.run, "step": ckpt.step, "checkpoint": ckpt.path, **summary,
+              "prompts_truncated": complete.truncated, "outcomes": dict(pool.counters - before)}
+    records = evaluation.update_results(os.path.join(out_dir, f"{name}.json"), spec, [record])
+    evaluation.plot(records, spec, os.path.join(out_dir, f"{name}.png"))
+    samples_dir = os.path.join(out_dir, "samples", name)
+    os.makedirs(samples_dir, exist_ok=True)
+    with open(os.path.join(samples_dir, f"{ckpt.run}_{ckpt.step}.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in per_problem)
+    logging.info("%s step %d on %s: %s", ckpt.run, ckpt.step, spec,
+                 {k: v for k, v in record.items() if k not in ("run", "step", "checkpoint")})
+    print(json.dumps({k: record[k] for k in record if k != "checkpoint"}))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  checkpoints = [find_checkpoint(p, FLAGS.run_name) for p in FLAGS.checkpoint]
+  checkpoints += [c for r in FLAGS.run for c in run_checkpoints(r)]
+  if not checkpoints:
+    raise app.UsageError("give --checkpoint and/or --run")
+  cfg = configure(checkpoints[0])
+  with rewards.RewardPool(cfg.data.reward_workers, cfg.data.reward_timeout_s) as pool:
+    for ckpt in checkpoints:
+      evaluate_checkpoint(ckpt, pool)
+
+
+if __name__ == "__main__":
+  app.run(main)

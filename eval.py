@@ -18,11 +18,14 @@ import os
 import re
 from typing import Any, Callable
 
+import ml_collections
+import orbax.checkpoint as ocp
 from absl import app, flags, logging
+from flax import nnx
 from ml_collections import config_flags
 
+from asympo_jax import checkpoint, data, evaluation, hf_io, rewards
 from asympo_jax import config as config_lib
-from asympo_jax import data, evaluation, hf_io, rewards
 from asympo_jax.completions import Completer
 
 config_flags.DEFINE_config_file("config", None, "config file (default: the run's config, else base_config())")
@@ -75,15 +78,42 @@ def run_checkpoints(run_dir: str) -> list[Checkpoint]:
   return [Checkpoint(name, s, os.path.join(ckpt_dir, str(s)), "orbax") for s in steps]
 
 
-def load_hf(ckpt: Checkpoint, cfg) -> tuple[Any, Any]:
+def run_config(ckpt: Checkpoint) -> ml_collections.ConfigDict | None:
+  """The config an orbax checkpoint was trained with (None for an HF directory)."""
+  if ckpt.kind != "orbax":
+    return None
+  checkpointer = checkpoint.Checkpointer(os.path.dirname(os.path.dirname(ckpt.path)), keep=1)
+  try:
+    return ml_collections.ConfigDict(checkpointer.restore_meta(ckpt.step)["config"])
+  finally:
+    checkpointer.close()
+
+
+def load_hf(ckpt: Checkpoint, cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
   return hf_io.load_model(ckpt.path, param_dtype=cfg.model.param_dtype), hf_io.load_tokenizer(ckpt.path)
 
 
-LOADERS: dict[str, Callable[[Checkpoint, Any], tuple[Any, Any]]] = {"hf": load_hf}
+def load_orbax(ckpt: Checkpoint, cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
+  """The run's model (architecture and tokenizer from config.model.hf_path) with the step's trained params,
+  read alone from the checkpoint's `state` item (state["train"].params), so the optimizer state and the
+  pending rollout batches are never loaded."""
+  if not cfg.model.hf_path:
+    raise app.UsageError(f"{ckpt.path}: the run's config.model.hf_path is empty, so its architecture is unknown")
+  model = hf_io.load_model(cfg.model.hf_path, param_dtype=cfg.model.param_dtype)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  restored = ocp.PyTreeCheckpointer().restore(
+      os.path.join(ckpt.path, "state"),
+      args=ocp.args.PyTreeRestore(item={"train": {"params": checkpoint.abstract(params)}}, partial_restore=True))
+  return nnx.merge(graphdef, restored["train"]["params"], rest), hf_io.load_tokenizer(cfg.model.hf_path)
 
 
-def configure(ckpt: Checkpoint) -> Any:
-  cfg = FLAGS.config if FLAGS.config is not None else config_lib.base_config()
+LOADERS: dict[str, Callable[[Checkpoint, ml_collections.ConfigDict], tuple[Any, Any]]] = {
+    "hf": load_hf, "orbax": load_orbax}
+
+
+def configure(ckpt: Checkpoint) -> ml_collections.ConfigDict:
+  """--config, else the run's config, else base_config(); then the flags' overrides."""
+  cfg = FLAGS.config if FLAGS.config is not None else run_config(ckpt) or config_lib.base_config()
   overrides = {"eval.samples": FLAGS.samples, "eval.batch_size": FLAGS.batch_size,
                "eval.temperature": FLAGS.temperature, "data.max_eval_problems": FLAGS.max_problems,
                "rollout.max_new_tokens": FLAGS.max_new_tokens, "rollout.max_prompt_len": FLAGS.max_prompt_len,
@@ -111,7 +141,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, pool: rewards.RewardPool) -> None:
   complete = Completer(model, tokenizer, cfg, seed=cfg.seed)
   for spec in data.split_specs(cfg.data.eval):
     problems = data.load(spec, cfg.data.dir, cfg.data.hub, cfg.data.max_eval_problems)
-    before, complete.truncated = pool.counters.copy(), 0
+    before = pool.counters.copy()
     summary, per_problem = evaluation.run_benchmark(problems, complete, pool.score, cfg.eval.samples,
                                                     evaluation.default_ks(cfg.eval.samples))
     name = file_name(spec)

@@ -5,7 +5,7 @@ This is the `evaluation.Complete` that eval.py and the trainer's periodic eval h
 whose outputs are dropped), so one benchmark compiles a single shape per prompt-length bucket. Every prompt's
 random keys depend on its index in the benchmark only, so outputs do not depend on the batch size.
 Prompts longer than rollout.max_prompt_len keep their last tokens (the instruction and the question's end)
-and are counted in `truncated`.
+and are counted in `truncated` (of the latest call).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class Completer:
     """`samples` completions of each question (decoded without special tokens)."""
     limit = self.cfg.rollout.max_prompt_len
     ids = prompts.encode(self.cfg.data.template, questions, self.tokenizer)
-    self.truncated += sum(len(p) > limit for p in ids)
+    self.truncated = sum(len(p) > limit for p in ids)
     ids = [p[-limit:] for p in ids]
     sampler = self._sampler(samples, greedy)
     size = self.cfg.eval.batch_size

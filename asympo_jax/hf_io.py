@@ -2,8 +2,9 @@
 
 `load_model(path, mesh=...)` reads a local HF directory (config.json, model.safetensors or sharded
 model-*.safetensors with model.safetensors.index.json) into a `Decoder`. Every parameter is built with
-`jax.make_array_from_callback`: each device's shard is cut from one HF tensor at a time (memory-mapped), so with
-a mesh no host ever holds the whole model, and shapes are checked against the config before anything is read.
+`jax.make_array_from_callback`: each device's shard is read from the safetensors files one HF tensor at a time,
+reading only the rows/columns of that shard (`read_block`), so with a mesh no host ever holds the whole model;
+shapes are checked against the config before anything is read.
 `save_model(model, path, tokenizer)` writes config.json, safetensors (sharded above `max_shard_bytes`) and the
 tokenizer, so that transformers' AutoModelForCausalLM.from_pretrained(path) loads it.
 """
@@ -77,6 +78,35 @@ def to_hf(w: np.ndarray, layout: int | None) -> np.ndarray:
   return np.ascontiguousarray(w.reshape(shape[::-1]).T if layout else w.reshape(shape))
 
 
+def _groups(ndim: int, layout: int | None) -> list[list[int]]:
+  """For each HF dim, in HF order, our dims that it flattens (most significant first)."""
+  if layout is None:
+    return [[d] for d in range(ndim)]
+  if layout == 0:
+    return [list(range(ndim))]
+  return [list(range(layout, ndim)), list(range(layout))]
+
+
+def read_block(hf_tensor: Any, shape: tuple[int, ...], layout: int | None, index: tuple[slice, ...]) -> np.ndarray:
+  """Block `index` (unit-step slices) of our [shape] parameter, reading from the lazily sliceable HF tensor
+  only the contiguous rows/columns that hold it: an HF dim is cut when the block spans all of the inner dims it
+  flattens (the usual case: head_dim is never sharded), otherwise read whole."""
+  index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+  ranges = [idx.indices(n)[:2] for idx, n in zip(index, shape)]
+  hf_index, part_shape, rest_index = [], list(shape), list(index)
+  for group in _groups(len(shape), layout):
+    first, inner_dims = group[0], group[1:]
+    if all(ranges[d] == (0, shape[d]) for d in inner_dims):
+      inner = math.prod(shape[d] for d in inner_dims)
+      start, stop = ranges[first]
+      hf_index.append(slice(start * inner, stop * inner))
+      part_shape[first] = stop - start
+      rest_index[first] = slice(None)
+    else:
+      hf_index.append(slice(None))
+  return to_ours(hf_tensor[tuple(hf_index)], tuple(part_shape), layout)[tuple(rest_index)]
+
+
 def _entries(cfg: ModelConfig) -> list[tuple[tuple[str, ...], ParamSpec, list[str], int | None]]:
   """(our state path, spec, HF names (one per layer for stacked params), layout) for every parameter."""
   out = []
@@ -123,11 +153,9 @@ class _Tensors:
       self._open[file] = safetensors.safe_open(file, "numpy")
     return self._open[file]
 
-  def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._handle(name).get_slice(name).get_shape())
-
-  def get(self, name: str) -> np.ndarray:
-    return self._handle(name).get_tensor(name)
+  def lazy(self, name: str) -> Any:
+    """The tensor as a safetensors slice: indexing it reads only the selected part."""
+    return self._handle(name).get_slice(name)
 
 
 def load_model(path: str, mesh: Mesh | None = None, **options: Any) -> Decoder:
@@ -138,9 +166,9 @@ def load_model(path: str, mesh: Mesh | None = None, **options: Any) -> Decoder:
   for _, spec, hf_names, layout in entries:
     want = hf_shape(spec.shape, layout)
     for hf_name in hf_names:
-      if tensors.shape(hf_name) != want:
-        raise CheckpointError(f"{path}: tensor {hf_name!r} has shape {tensors.shape(hf_name)}, the config "
-                              f"implies {want}")
+      got = tuple(tensors.lazy(hf_name).get_shape())
+      if got != want:
+        raise CheckpointError(f"{path}: tensor {hf_name!r} has shape {got}, the config implies {want}")
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   dtype = np.dtype(cfg.param_dtype) if cfg.param_dtype != "bfloat16" else jax.numpy.bfloat16
@@ -153,9 +181,9 @@ def load_model(path: str, mesh: Mesh | None = None, **options: Any) -> Decoder:
 
     def read(index, hf_names=hf_names, spec=spec, layout=layout, stacked=stacked):
       if not stacked:
-        return to_ours(tensors.get(hf_names[0]), spec.shape, layout)[index].astype(dtype)
+        return read_block(tensors.lazy(hf_names[0]), spec.shape, layout, index).astype(dtype)
       layers = range(len(hf_names))[index[0]]
-      return np.stack([to_ours(tensors.get(hf_names[i]), spec.shape, layout)[index[1:]].astype(dtype)
+      return np.stack([read_block(tensors.lazy(hf_names[i]), spec.shape, layout, index[1:]).astype(dtype)
                        for i in layers])
 
     _at(state, key).set_value(jax.make_array_from_callback(shape, sharding, read))

@@ -9,6 +9,8 @@ import safetensors.numpy
 import torch
 import transformers
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tiny_checkpoints as tc
 from asympo_jax import hf_io
@@ -55,6 +57,12 @@ def test_export_loads_in_transformers_and_round_trips(case, max_shard_bytes, tmp
 def test_bfloat16_params(checkpoint, tmp_path):
   model = hf_io.load_model(checkpoint, param_dtype="bfloat16")
   assert all(v.dtype == jax.numpy.bfloat16 for v in jax.tree.leaves(nnx.state(model)))
+  tokens = np.arange(12, dtype=np.int32).reshape(2, 6)
+  mask = np.ones_like(tokens)
+  logits = lambda m: np.asarray(m.logits(m(tokens, tc.positions_from_mask(mask), mask)[0]))
+  low, high = logits(model), logits(hf_io.load_model(checkpoint))
+  assert low.dtype == np.float32
+  assert np.abs(low - high).max() < 0.05 * np.abs(high).max()
   hf_io.save_model(model, str(tmp_path))
   assert json.load(open(tmp_path / "config.json"))["dtype"] == "bfloat16"
   again = hf_io.load_model(str(tmp_path), param_dtype="bfloat16")
@@ -110,3 +118,26 @@ def test_model_config_section_is_validated_by_key(checkpoint):
     bad.model[key] = value
     with pytest.raises(ConfigError, match=f"model.{key}"):
       validate(bad.model)
+
+
+@st.composite
+def _blocks(draw):
+  ndim = draw(st.integers(1, 4))
+  shape = tuple(draw(st.lists(st.integers(1, 5), min_size=ndim, max_size=ndim)))
+  layout = draw(st.sampled_from([None, 0] + list(range(1, ndim))))
+  index = []
+  for n in shape:
+    start = draw(st.integers(0, n - 1))
+    index.append(slice(start, draw(st.integers(start + 1, n))))
+  return shape, layout, tuple(index)
+
+
+@given(_blocks())
+@settings(max_examples=200, deadline=None)
+def test_read_block_equals_slicing_the_whole_tensor(block):
+  shape, layout, index = block
+  ours = np.arange(np.prod(shape)).reshape(shape)
+  hf = hf_io.to_hf(ours, layout)
+  assert hf.shape == hf_io.hf_shape(shape, layout)
+  np.testing.assert_array_equal(hf_io.to_ours(hf, shape, layout), ours)
+  np.testing.assert_array_equal(hf_io.read_block(hf, shape, layout, index), ours[index])

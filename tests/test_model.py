@@ -131,3 +131,12 @@ def test_scanned_decoding_inside_a_loop_with_a_donated_cache():
   cache, out = decode(state, cache)
   np.testing.assert_allclose(np.asarray(out)[:, prompt_len:], full[:, prompt_len:], atol=1e-5)
   np.testing.assert_array_equal(np.asarray(cache.mask_BxS), mask)
+
+
+def test_logits_depend_only_on_relative_positions(checkpoint):
+  path, _ = checkpoint
+  model = hf_io.load_model(path)
+  tokens, mask = _batch("right", seed=3)
+  positions = tc.positions_from_mask(mask)
+  shifted = lambda k: np.asarray(model.logits(model(tokens, positions + k, mask)[0]))
+  np.testing.assert_allclose(shifted(11), shifted(0), atol=1e-4)

@@ -1,10 +1,14 @@
 """The (data, fsdp, tensor) mesh, the logical rules, and sharded == replicated forwards on 8 CPU devices."""
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.sharding import PartitionSpec as P
 
 import tiny_checkpoints as tc
@@ -12,7 +16,7 @@ from asympo_jax import hf_io, kv_cache
 from asympo_jax.config import ConfigError
 from asympo_jax.model import create_model
 from asympo_jax.model_config import ModelConfig
-from asympo_jax.sharding import logical_sharding, make_mesh, state_shardings
+from asympo_jax.sharding import RULES, logical_sharding, logical_spec, make_mesh, state_shardings
 
 
 def _mesh_cfg(data, fsdp, tensor):
@@ -99,3 +103,20 @@ def test_create_model_on_a_mesh_and_sharded_cache_decoding():
     hidden, cache = step(model, tokens, positions, mask, cache)
   hidden_ref, _ = step(replicated, tokens, positions, mask, kv_cache.init_cache(cfg, 4, 4))
   np.testing.assert_allclose(np.asarray(hidden), np.asarray(hidden_ref), atol=1e-5)
+
+
+@given(st.lists(st.tuples(st.sampled_from(sorted(RULES) + ["unknown", None]), st.integers(1, 12)),
+                min_size=1, max_size=4),
+       st.sampled_from([dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=4, tensor=2), dict(data=8, fsdp=1,
+                                                                                              tensor=1)]))
+@settings(max_examples=200, deadline=None)
+def test_logical_spec_splits_only_what_divides_and_uses_each_mesh_axis_once(dims, mesh_shape):
+  axes, shape = zip(*dims)
+  spec = logical_spec(axes, shape, mesh_shape)
+  used = []
+  for name, size, entry in zip(axes, shape, spec):
+    mesh_axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
+    assert set(mesh_axes) <= set(RULES.get(name, ()) if name else ())
+    assert size % math.prod(mesh_shape[a] for a in mesh_axes) == 0
+    used += mesh_axes
+  assert len(used) == len(set(used))

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from multiprocessing.connection import Connection, wait
 from typing import Sequence
 
@@ -62,6 +63,12 @@ class _Worker:
     self.conn.close()
 
 
+def _kill_all(workers: list[_Worker]) -> None:
+  for worker in workers:
+    worker.kill()
+  workers.clear()
+
+
 class RewardPool:
   """Scores batches of outputs in `num_workers` subprocesses; each answer gets at most `timeout_s` seconds.
 
@@ -80,6 +87,9 @@ class RewardPool:
     self._lock = threading.Lock()
     self._failed_starts = 0
     self._workers = [_Worker() for _ in range(num_workers)]
+    # A pool dropped without close() (or left at interpreter exit) still kills its workers: one stuck in a
+    # sympy blow-up would otherwise outlive the run.
+    weakref.finalize(self, _kill_all, self._workers)
 
   def score(self, responses: Sequence[str], golds: Sequence[Problem | str]) -> np.ndarray:
     """Rewards float32 [N] of N outputs against their golds (Problems, or bare math answer strings)."""
@@ -156,9 +166,7 @@ class RewardPool:
 
   def close(self) -> None:
     with self._lock:
-      for worker in self._workers:
-        worker.kill()
-      self._workers = []
+      _kill_all(self._workers)
 
   def __enter__(self) -> "RewardPool":
     return self

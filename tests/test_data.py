@@ -107,3 +107,21 @@ def test_validate_names_the_key():
   with pytest.raises(config.ConfigError, match="config.data.template"):
     data.validate(cfg)
   data.validate(config.base_config())
+
+
+def test_hub_loading_maps_fields_through_datasets(monkeypatch):
+  """The online path, with datasets.load_dataset replaced (no network here): the benchmark's hub id,
+  config and split are requested and its rows go through the same field mapping."""
+  import datasets
+  calls = []
+
+  def fake_load_dataset(path, name=None, split=None):
+    calls.append((path, name, split))
+    return [{"question": "2+2?", "answer": "so\n#### 1,004"}]
+
+  monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+  (problem,) = data.load("gsm8k_test", hub=True)
+  assert calls == [("openai/gsm8k", "main", "test")]
+  assert (problem.question, problem.answer, problem.source) == ("2+2?", "1004", "gsm8k_test")
+  with pytest.raises(data.DataError, match=r"HuggingFaceH4/MATH-500\[test\] row 0: missing field 'problem'"):
+    data.load("math500_test", hub=True)

@@ -1,9 +1,11 @@
 """Rewards: gold solutions score 1, equivalent forms score 1, hostile outputs score 0 and never hang."""
+import fractions
 import os
 import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from asympo_jax import data, rewards
 
@@ -80,3 +82,16 @@ def test_scoring_from_a_thread(pool):
   thread.start()
   thread.join()
   np.testing.assert_array_equal(out["r"], [1.0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=st.integers(-999, 999), q=st.integers(1, 64))
+def test_fraction_forms_are_equivalent_and_off_by_one_is_not(pool, p, q):
+  value = fractions.Fraction(p, q)
+  gold = f"\\frac{{{value.numerator}}}{{{value.denominator}}}" if value.denominator > 1 else str(value.numerator)
+  right = [f"\\boxed{{{p}/{q}}}", f"\\boxed{{\\frac{{{p}}}{{{q}}}}}", f"\\boxed{{x = {value.numerator}/{value.denominator}}}"]
+  if 10**6 % value.denominator == 0:  # a terminating decimal
+    right.append(f"\\boxed{{{float(value)}}}")
+  wrong = [f"\\boxed{{{value + 1}}}", f"\\boxed{{{p}/{q + 1}}}" if p else "\\boxed{1}"]
+  got = pool.score(right + wrong, [gold] * (len(right) + len(wrong)))
+  assert got.tolist() == [1.0] * len(right) + [0.0] * len(wrong), list(zip(right + wrong, got))

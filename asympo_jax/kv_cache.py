@@ -15,7 +15,7 @@ API (used by the sampler):
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +42,10 @@ def cache_axes() -> KVCache:
   return KVCache(kv, kv, ("act_batch", "cache_seq"), ())
 
 
-def write(buffer_BxSxKxH: jax.Array, new_BxTxKxH: jax.Array, index: jax.Array) -> jax.Array:
-  return jax.lax.dynamic_update_slice(buffer_BxSxKxH, new_BxTxKxH.astype(buffer_BxSxKxH.dtype), (0, index, 0, 0))
+def write(buffer_LxBxSxKxH: jax.Array, new_BxTxKxH: jax.Array, layer: Any, index: jax.Array) -> jax.Array:
+  """Writes layer `layer`'s T new slots at `index` into the stacked buffer (in place under jit)."""
+  return jax.lax.dynamic_update_slice(buffer_LxBxSxKxH, new_BxTxKxH[None].astype(buffer_LxBxSxKxH.dtype),
+                                      (layer, 0, index, 0, 0))
 
 
 def update_mask(cache: KVCache, mask_BxT: jax.Array) -> jax.Array:

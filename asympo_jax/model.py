@@ -117,21 +117,22 @@ class Decoder(nnx.Module):
       slot_mask = kvc.update_mask(cache, mask_BxT)
       attn_mask = kvc.attention_mask(slot_mask, cache.index, num_new)
 
-    def body(h, layer):
-      params, kv = layer
-      past = None if kv is None else (*kv, cache.index)
-      return _remat(cfg, functools.partial(layer_forward, cfg))(params, h, cos_sin, attn_mask, past)
+    # The whole stacked cache is carried through the layers and each layer writes its T new slots into it,
+    # so a decode step updates the cache in place instead of copying every layer's buffer into a new stack.
+    def body(carry, layer):
+      h, kv = carry
+      params, number = layer
+      past = None if kv is None else (*kv, number, cache.index)
+      return _remat(cfg, functools.partial(layer_forward, cfg))(params, h, cos_sin, attn_mask, past), None
 
     layer_params = {name: p[...] for name, p in self.layers.items()}
-    kv_all = None if cache is None else (cache.k, cache.v)
+    carry = (h, None if cache is None else (cache.k, cache.v))
     if cfg.scan_layers:
-      h, new_kv = jax.lax.scan(body, h, (layer_params, kv_all))
+      carry, _ = jax.lax.scan(body, carry, (layer_params, jnp.arange(cfg.num_layers)))
     else:
-      outs = []
       for i in range(cfg.num_layers):
-        h, kv = body(h, jax.tree.map(lambda x: x[i], (layer_params, kv_all)))
-        outs.append(kv)
-      new_kv = None if cache is None else jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        carry, _ = body(carry, (jax.tree.map(lambda x: x[i], layer_params), i))
+    h, new_kv = carry
     h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
     if cache is None:
       return h, None
@@ -146,10 +147,11 @@ def _remat(cfg: ModelConfig, fn: Any) -> Any:
 
 def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
                   cos_sin: tuple[jax.Array, jax.Array], attn_mask_BxTxS: jax.Array,
-                  past: tuple[jax.Array, jax.Array, jax.Array] | None) -> tuple[jax.Array, Any]:
-  """One pre-norm block. `past` = (k_BxSxKxhd, v_BxSxKxhd, index) of this layer's cache, or None.
+                  past: tuple[jax.Array, jax.Array, Any, jax.Array] | None) -> tuple[jax.Array, Any]:
+  """One pre-norm block. `past` = (k_LxBxSxKxhd, v_LxBxSxKxhd, layer, index): the stacked cache, this
+  block's layer number and the first slot to write, or None.
 
-  Returns the new hidden states and this layer's updated (k, v) buffers (None without a cache).
+  Returns the new hidden states and the updated stacked (k, v) buffers (None without a cache).
   """
   x = rms_norm(h_BxTxD, p["input_norm"], cfg.rms_norm_eps)
   q = _proj(x, p["q"], p.get("q_bias"), "btd,dnh->btnh")
@@ -162,9 +164,9 @@ def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
   k = constrain(apply_rope(k, *cos_sin), ("act_batch", "act_seq", "act_kv_heads", "head_dim"))
   new_kv = None
   if past is not None:
-    k_cache, v_cache, index = past
-    new_kv = (kvc.write(k_cache, k, index), kvc.write(v_cache, v, index))
-    k, v = new_kv
+    k_cache, v_cache, layer, index = past
+    new_kv = (kvc.write(k_cache, k, layer, index), kvc.write(v_cache, v, layer, index))
+    k, v = new_kv[0][layer], new_kv[1][layer]
   attn = attention(q, k, v, attn_mask_BxTxS)
   h_BxTxD = h_BxTxD + _proj(attn, p["o"], p.get("o_bias"), "btnh,nhd->btd")
   h_BxTxD = constrain(h_BxTxD, ("act_batch", "act_seq", "act_embed"))

@@ -14,9 +14,11 @@ Learner-side API:
         gen.publish(params, step + 1)
 
 Versions count updates: version v is the parameters after v learner updates (`params0` is version
-`start_step`, 0 for a fresh run). Modes (`rollout.mode`, staleness k = `rollout.staleness`):
+`params0_version`, default `start_step`, 0 for a fresh run; a resumed run that restored the batches of
+steps s .. s+k-1 from its checkpoint starts at `start_step` s+k with `params0_version` s).
+Modes (`rollout.mode`, staleness k = `rollout.staleness`):
 
-- `fixed_lag`: batch t is sampled with version max(start_step, t - k), whatever the timing, so a run is
+- `fixed_lag`: batch t is sampled with version max(params0_version, t - k), whatever the timing, so a run is
   deterministic when `build_batch` is. k = 0 is synchronous: batch t waits for version t.
 - `bounded`: batch t is sampled with the newest version published when it starts, and starts only once
   version t - k is published, so its lag lies in [0, k] as timing gives it. Not deterministic.
@@ -82,7 +84,7 @@ class RolloutGenerator:
   """Samples train batches on a host thread with lagged parameters; see the module docstring."""
 
   def __init__(self, build_batch: BuildFn, params0: Params, cfg_rollout: ml_collections.ConfigDict,
-               num_steps: int, *, start_step: int = 0,
+               num_steps: int, *, start_step: int = 0, params0_version: int | None = None,
                transfer: Callable[[Params], Params] = copy_params) -> None:
     validate(cfg_rollout)
     self._build = build_batch
@@ -90,10 +92,11 @@ class RolloutGenerator:
     self._k = cfg_rollout.staleness
     self._fixed = cfg_rollout.mode == "fixed_lag"
     self._start = start_step
+    self._v0 = start_step if params0_version is None else params0_version
     self._num_steps = num_steps
     self._cond = threading.Condition()
     self._ready: dict[int, tuple[Batch, dict[str, float]]] = {}
-    self._published = start_step  # newest version handed to publish (or params0's)
+    self._published = self._v0  # newest version handed to publish (or params0's)
     self._slot: tuple[int, Params] | None = None  # published, not yet taken by the thread
     self._next_get = start_step
     self._publish_wait = 0.0
@@ -171,10 +174,10 @@ class RolloutGenerator:
 
   # ---------------------------------------------------------------- generator thread
   def _run(self, params: Params) -> None:
-    version = self._start
+    version = self._v0
     try:
       for step in range(self._start, self._num_steps):
-        need = max(self._start, step - self._k)
+        need = max(self._v0, step - self._k)
         t0 = time.perf_counter()
         with self._cond:
           while not self._stop and (self._slot is None or self._slot[0] < need) and version < need:

@@ -1,0 +1,190 @@
+"""The sharded train step: full-batch advantages and denominators, micro-batch gradient accumulation,
+one guarded AdamW update, compiled with explicit in/out shardings and a donated state.
+
+Exactness (DESIGN §1): the objective returns each micro-batch's loss already divided by denominators of the
+*full* batch, so the loss, the gradient and the additive metrics of the whole batch are plain sums over
+micro-batches, and sharding the rows over (data, fsdp) changes nothing but the order of float additions.
+
+Micro-batch m takes rows m, m + M, m + 2M, ... (a strided split): every micro-batch is then spread over
+all batch shards the same way the full batch is, so no device idles while another works.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from asympo_jax import objectives, optim, sharding
+from asympo_jax.logprobs import token_logprobs
+
+Batch = dict[str, jax.Array]
+BATCH_AXES = ("data", "fsdp")
+
+
+class TrainState(NamedTuple):
+  params: nnx.State
+  opt_state: optax.OptState
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows split over data x fsdp, every other dimension whole."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def state_shardings(params_shardings: nnx.State, tx: optax.GradientTransformation, params: nnx.State,
+                    mesh: Mesh) -> TrainState:
+  """Optimizer moments take their parameter's sharding; counters and flags are replicated."""
+  opt_shapes = jax.eval_shape(tx.init, params)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  opt = optax.tree_map_params(tx, lambda _, s: s, opt_shapes, params_shardings,
+                              transform_non_params=lambda _: replicated)
+  return TrainState(params_shardings, opt)
+
+
+def init_state(params: nnx.State, tx: optax.GradientTransformation, mesh: Mesh) -> tuple[TrainState, TrainState]:
+  """The initial train state (optimizer state created in place, sharded) and the state's shardings."""
+  shardings = state_shardings(sharding.state_shardings(params, mesh), tx, params, mesh)
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  return TrainState(params, opt_state), shardings
+
+
+def positions_of(input_mask_BxT: jax.Array) -> jax.Array:
+  return jnp.maximum(jnp.cumsum(input_mask_BxT, axis=1) - 1, 0)
+
+
+def policy_logprobs(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, batch: Batch,
+                    chunk: int) -> tuple[jax.Array, jax.Array]:
+  """(logprobs_BxT, entropy_BxT) of the batch's own tokens under `params`."""
+  model = nnx.merge(graphdef, params, rest)
+  hidden_BxTxD, _ = model(batch["tokens"], positions_of(batch["input_mask"]), batch["input_mask"])
+  return token_logprobs(hidden_BxTxD, model.unembedding(), batch["tokens"], chunk)
+
+
+def _inputs(cfg: ml_collections.ConfigDict, lp_BxT, ent_BxT, mb: Batch, ref_BxT) -> objectives.Inputs:
+  if cfg.objective.entropy_coef == 0:  # a metric only: keep its backward pass out of the graph
+    ent_BxT = jax.lax.stop_gradient(ent_BxT)
+  return objectives.Inputs(lp_BxT, mb["loss_mask"], mb["advantages"], mb.get("behaviour_logprobs"),
+                           ref_BxT, ent_BxT)
+
+
+def _sign_part(x: objectives.Inputs, sign: float) -> objectives.Inputs:
+  return x._replace(advantages_B=jnp.where(x.advantages_B * sign > 0, x.advantages_B, 0.0))
+
+
+def micro_batch_loss(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, rest: nnx.State,
+                     params: nnx.State, mb: Batch, denoms: dict[str, jax.Array],
+                     ref_params: nnx.State | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """One micro-batch's share of the full-batch loss, and its additive metrics."""
+  chunk = cfg.train.logprob_chunk
+  lp_BxT, ent_BxT = policy_logprobs(graphdef, params, rest, mb, chunk)
+  ref_BxT = None
+  if ref_params is not None:
+    ref_BxT = jax.lax.stop_gradient(policy_logprobs(graphdef, ref_params, rest, mb, chunk)[0])
+  return objectives.loss_and_metrics(cfg.objective, _inputs(cfg, lp_BxT, ent_BxT, mb, ref_BxT), denoms)
+
+
+def _side_grads(cfg, graphdef, rest, params, mb, denoms):
+  """Gradients of the positive-advantage and negative-advantage parts of the policy loss."""
+  def part(p, sign):
+    lp_BxT, ent_BxT = policy_logprobs(graphdef, p, rest, mb, cfg.train.logprob_chunk)
+    x = _inputs(cfg, lp_BxT, ent_BxT, mb, None)
+    return objectives.policy_loss(cfg.objective, _sign_part(x, sign), denoms)
+  return jax.grad(part)(params, 1.0), jax.grad(part)(params, -1.0)
+
+
+def split_micro_batches(batch: Batch, num: int) -> Batch:
+  """[B, ...] -> [num, B / num, ...], micro-batch m holding rows m, m + num, ..."""
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def loss_and_grads(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, rest: nnx.State, params: nnx.State,
+                   batch: Batch, ref_params: nnx.State | None = None,
+                   grad_shardings: Any = None) -> tuple[jax.Array, nnx.State, dict[str, jax.Array]]:
+  """Loss, gradient and metrics of the full batch, accumulated over cfg.train.micro_batches.
+
+  The advantages and the objective's denominators come from the whole batch before it is split.
+  `grad_shardings` (the params' shardings) pins the accumulator's layout inside the loop.
+  """
+  adv_B = objectives.group_advantages(batch["rewards"], cfg.rollout.group_size, cfg.advantage.std_normalize)
+  batch = {**batch, "advantages": adv_B}
+  denoms = objectives.denominators(objectives.Inputs(None, batch["loss_mask"], adv_B))
+  want_sides = cfg.objective.split_grad_norms
+
+  def one(mb):
+    (loss, metrics), grads = jax.value_and_grad(micro_batch_loss, argnums=3, has_aux=True)(
+        cfg, graphdef, rest, params, mb, denoms, ref_params)
+    sides = _side_grads(cfg, graphdef, rest, params, mb, denoms) if want_sides else ()
+    return loss, grads, metrics, sides
+
+  pin = (lambda t: t) if grad_shardings is None else (
+      lambda t: jax.lax.with_sharding_constraint(t, grad_shardings))
+  num = cfg.train.micro_batches
+  if num == 1:
+    loss, grads, metrics, sides = one(batch)
+  else:
+    micro = split_micro_batches(batch, num)
+
+    def body(carry, mb):
+      loss, grads, metrics, sides = one(mb)
+      acc_loss, acc_grads, acc_metrics, acc_sides = carry
+      add = lambda a, b: pin(jax.tree.map(jnp.add, a, b))
+      return (acc_loss + loss, add(acc_grads, grads), objectives.combine_metrics(acc_metrics, metrics),
+              tuple(add(a, b) for a, b in zip(acc_sides, sides))), None
+
+    shapes = jax.eval_shape(one, jax.tree.map(lambda x: x[0], micro))
+    zeros = lambda t: pin(jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), t))
+    init_metrics = {k: jnp.full(s.shape, -jnp.inf if k.endswith("_max") else 0.0, jnp.float32)
+                    for k, s in shapes[2].items()}
+    init = (jnp.zeros((), jnp.float32), zeros(shapes[1]), init_metrics, tuple(zeros(s) for s in shapes[3]))
+    (loss, grads, metrics, sides), _ = jax.lax.scan(body, init, micro)
+  metrics = objectives.finalize_metrics(metrics)
+  if want_sides:
+    metrics["grad_norm/pos"], metrics["grad_norm/neg"] = (optax.tree.norm(g) for g in sides)
+  return loss, grads, metrics
+
+
+def update(tx: optax.GradientTransformation, schedule: optax.Schedule, state: TrainState,
+           grads: nnx.State) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One guarded optimizer step; a non-finite gradient leaves `state` as it was (and is counted)."""
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+  lr = optim.current_lr(schedule, state.opt_state)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"optim/grad_norm": optax.tree.norm(grads), "optim/lr": lr,
+             "optim/update_norm": optax.tree.norm(updates),
+             "optim/skipped_updates": optim.skipped_updates(opt_state).astype(jnp.float32)}
+  return TrainState(params, opt_state), metrics
+
+
+def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, rest: nnx.State,
+                    tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
+                    shardings: TrainState) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+  """step(state, batch, ref_params) -> (state, metrics), jitted with explicit shardings; `state` is donated.
+
+  `batch` holds global arrays sharded by `batch_sharding(mesh)`; `ref_params` is None unless
+  objective.kl_coef > 0 (then the frozen reference policy, sharded like the params).
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+  rows = batch_sharding(mesh)
+
+  def step(state: TrainState, batch: Batch, ref_params: nnx.State | None):
+    loss, grads, metrics = loss_and_grads(cfg, graphdef, rest, state.params, batch, ref_params,
+                                          grad_shardings=shardings.params)
+    state, opt_metrics = update(tx, schedule, state, grads)
+    return state, {"loss": loss, **metrics, **opt_metrics}
+
+  ref_shardings = shardings.params if cfg.objective.kl_coef > 0 else None
+  jitted = jax.jit(step, in_shardings=(shardings, rows, ref_shardings), out_shardings=(shardings, replicated),
+                   donate_argnums=0)
+
+  def run(state: TrainState, batch: Batch, ref_params: nnx.State | None = None):
+    with jax.set_mesh(mesh):  # the model's activation constraints read the mesh while tracing
+      return jitted(state, batch, ref_params)
+
+  run.jitted = jitted
+  return run

@@ -1,0 +1,116 @@
+"""The train step: sharded equals one device, micro-batches equal one batch, the non-finite guard."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import Mesh
+
+from asympo_jax import objectives, optim, train_step
+from train_fixtures import synthetic_batch, tiny_config, tiny_model
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _mesh(shape):
+  n = int(np.prod(shape))
+  return Mesh(np.array(jax.devices()[:n]).reshape(shape), ("data", "fsdp", "tensor"))
+
+
+def _sgd(schedule_lr: float = 1.0):
+  """Plain SGD in the guarded form the step expects: new params = params - lr * grads."""
+  return optax.apply_if_finite(optax.sgd(optax.constant_schedule(schedule_lr)), 10), \
+      optax.constant_schedule(schedule_lr)
+
+
+def _assert_trees_close(a, b, **tol):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path), **tol)
+
+
+@functools.lru_cache(maxsize=None)
+def _step_on_mesh(shape):
+  """The step with SGD (lr 1) on a mesh: (metrics, params before, gradients, new params, shardings, state)."""
+  cfg = tiny_config(**{"train.micro_batches": 2, "objective.name": "asympo"})
+  mesh = _mesh(shape)
+  graphdef, params, rest = nnx.split(tiny_model(mesh), nnx.Param, ...)
+  tx, schedule = _sgd()
+  state, shardings = train_step.init_state(params, tx, mesh)
+  # Read a device copy: on CPU a host read of an array pins its buffer and blocks its donation.
+  before = jax.device_get(jax.tree.map(jnp.copy, state.params))
+  step = train_step.make_train_step(cfg, graphdef, rest, tx, schedule, mesh, shardings)
+  new_state, metrics = step(state, jax.device_put(synthetic_batch(cfg, seed=1), train_step.batch_sharding(mesh)))
+  after = jax.device_get(new_state.params)
+  grads = jax.tree.map(lambda b, a: b - a, before, after)
+  return jax.device_get(metrics), grads, after, new_state, shardings, state
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 4, 2)])
+def test_sharded_step_equals_one_device(shape):
+  one_metrics, one_grads, one_params = _step_on_mesh((1, 1, 1))[:3]
+  metrics, grads, params, new_state, shardings, old_state = _step_on_mesh(shape)
+  np.testing.assert_allclose(metrics["loss"], one_metrics["loss"], **TOL)
+  _assert_trees_close(metrics, one_metrics, **TOL)
+  _assert_trees_close(grads, one_grads, **TOL)
+  _assert_trees_close(params, one_params, **TOL)
+  assert float(one_metrics["optim/grad_norm"]) > 1e-3
+  # The new params keep the rules' shardings, and the old state was donated.
+  for p, s in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(shardings.params)):
+    assert p.sharding.is_equivalent_to(s, p.ndim)
+  assert all(x.is_deleted() for x in jax.tree.leaves(old_state.params))
+
+
+# Every objective of the registry, each with options folded in so their paths are covered too.
+CASES = {name: {"objective.name": name} for name in sorted(objectives.OBJECTIVES)}
+CASES["grpo"].update({"objective.tis_cap": 2.0, "objective.tis_level": "seq", "objective.dual_clip": 3.0})
+CASES["asympo"].update({"objective.kl_coef": 0.1, "objective.entropy_coef": 0.01})
+CASES["spo"].update({"objective.split_grad_norms": True})
+CASES["gpg"].update({"train.logprob_chunk": 3})
+CASES["naive"].update({"advantage.std_normalize": False})
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_four_micro_batches_equal_one(case):
+  overrides = {"rollout.record_behaviour_logprobs": True, **CASES[case]}
+  cfg1 = tiny_config(**overrides, **{"train.micro_batches": 1})
+  cfg4 = tiny_config(**overrides, **{"train.micro_batches": 4})
+  objectives.validate(cfg4)
+  graphdef, params, rest = nnx.split(tiny_model(), nnx.Param, ...)
+  ref = nnx.split(tiny_model(seed=1), nnx.Param, ...)[1] if cfg1.objective.kl_coef > 0 else None
+  tx, _ = optim.make_optimizer(cfg1.optim, total_steps=10)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def both(params, batch):
+    out = []
+    for cfg in (cfg1, cfg4):
+      loss, grads, metrics = train_step.loss_and_grads(cfg, graphdef, rest, params, batch, ref)
+      out.append((loss, grads, metrics, tx.update(grads, opt_state, params)[0]))
+    return out
+
+  one, four = jax.device_get(both(params, synthetic_batch(cfg1, seed=2, behaviour=True)))
+  tol = dict(rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(four[0], one[0], **tol)
+  _assert_trees_close(four[1], one[1], **tol)  # gradients
+  _assert_trees_close(four[2], one[2], **tol)  # metrics
+  _assert_trees_close(four[3], one[3], **TOL)  # AdamW updates
+  assert sum(np.abs(g).sum() for g in jax.tree.leaves(one[1])) > 0
+
+
+def test_nonfinite_gradient_skips_the_update():
+  cfg = tiny_config()
+  batch = synthetic_batch(cfg, seed=3)
+  batch["rewards"][0] = np.nan  # NaN advantages for the first group: NaN loss and gradients
+  mesh = _mesh((2, 1, 1))
+  graphdef, params, rest = nnx.split(tiny_model(mesh), nnx.Param, ...)
+  before = jax.device_get(params)
+  tx, schedule = optim.make_optimizer(cfg.optim, total_steps=10)
+  state, shardings = train_step.init_state(params, tx, mesh)
+  step = train_step.make_train_step(cfg, graphdef, rest, tx, schedule, mesh, shardings)
+  state, metrics = step(state, jax.device_put(batch, train_step.batch_sharding(mesh)))
+  assert not np.isfinite(metrics["loss"])
+  assert float(metrics["optim/skipped_updates"]) == 1
+  _assert_trees_close(state.params, before, rtol=0, atol=0)

@@ -1,0 +1,60 @@
+"""Shared test fixtures for the train step and trainer: a tiny Qwen3-style decoder and synthetic batches."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from asympo_jax import sharding
+from asympo_jax.config import base_config
+from asympo_jax.model import Decoder
+from asympo_jax.model_config import ModelConfig
+
+TINY = ModelConfig(model_type="qwen3", vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2,
+                   head_dim=8, intermediate_size=32, rms_norm_eps=1e-6, rope_theta=10000.0, rope_scaling=None,
+                   qkv_bias=False, o_bias=False, mlp_bias=False, qk_norm=True, tie_embeddings=True,
+                   max_position_embeddings=128, initializer_range=0.2)
+
+
+def tiny_model(mesh: Mesh | None = None, seed: int = 0) -> Decoder:
+  """The tiny decoder, its parameters placed by the sharding rules when a mesh is given."""
+  model = Decoder(TINY, rngs=nnx.Rngs(seed))
+  if mesh is not None:
+    graphdef, state = nnx.split(model)
+    state = jax.device_put(state, sharding.state_shardings(state, mesh))
+    model = nnx.merge(graphdef, state)
+  return model
+
+
+def tiny_config(**overrides):
+  cfg = base_config()
+  cfg.rollout.prompts_per_step, cfg.rollout.group_size = 4, 4
+  cfg.rollout.max_prompt_len, cfg.rollout.max_new_tokens = 4, 8
+  cfg.optim.lr = 1e-2
+  cfg.optim.clip_norm = 0.0
+  for key, value in overrides.items():
+    node = cfg
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return cfg
+
+
+def synthetic_batch(cfg, seed: int, behaviour: bool = False) -> dict[str, np.ndarray]:
+  """A train batch of contracts.md: left-padded prompts, right-padded responses, 0/1 rewards."""
+  rng = np.random.default_rng(seed)
+  B = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+  Tp, Tr = cfg.rollout.max_prompt_len, cfg.rollout.max_new_tokens
+  pos = np.arange(Tp + Tr)[None]
+  prompt_len = rng.integers(1, Tp + 1, (B, 1))
+  resp_len = rng.integers(1, Tr + 1, (B, 1))
+  prompt = (pos < Tp) & (pos >= Tp - prompt_len)
+  resp = (pos >= Tp) & (pos < Tp + resp_len)
+  batch = {"tokens": rng.integers(0, TINY.vocab_size, (B, Tp + Tr)).astype(np.int32),
+           "input_mask": (prompt | resp).astype(np.int32), "loss_mask": resp.astype(np.float32),
+           "rewards": rng.integers(0, 2, (B,)).astype(np.float32), "policy_version": np.zeros((B,), np.int32)}
+  if behaviour:
+    batch["behaviour_logprobs"] = np.where(resp, -rng.uniform(2.0, 6.0, resp.shape), 0.0).astype(np.float32)
+  return batch

@@ -99,7 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.metrics.progress_bar = True
 
   c.distributed = ml_collections.ConfigDict()
-  c.distributed.coordinator = ""  # "": single process, or read from the environment by jax
+  # "": one process, unless JAX_COORDINATOR_ADDRESS is set; "auto": jax's cluster detection (SLURM, TPU
+  # pods, ...); else "host:port" of process 0, with num_processes and process_id below.
+  c.distributed.coordinator = ""
   c.distributed.num_processes = 1
   c.distributed.process_id = 0
   return c

@@ -1,0 +1,99 @@
+"""Assembling a run from its config: the mesh, the model, the data, the sampler and rewards, the trainer.
+
+`rollout_pieces` is the part that does not care where prompts and rewards come from (tests give synthetic
+ones): it slices each step's prompts for this process, builds the sampler on the devices it samples on,
+and the `transfer` that copies published parameters there. With one process the sampler uses the training
+devices (or rollout.devices); with several, every process samples its slice on its own local devices with
+a full copy of the parameters, gathered at each publish (on the learner thread, so all processes run
+that collective in the same order).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from asympo_jax import data, hf_io, prompts, rewards, rollout, rollout_batch, sampler, sharding, trainer
+from asympo_jax.model import Decoder
+
+
+def initialize_distributed(cfg_distributed: ml_collections.ConfigDict) -> None:
+  """jax.distributed from config.distributed, or from the environment (JAX_COORDINATOR_ADDRESS, or
+  coordinator "auto": jax's cluster detection for SLURM, TPU pods, ...). Must run before any device use."""
+  if not cfg_distributed.coordinator and "JAX_COORDINATOR_ADDRESS" not in os.environ:
+    return
+  # Cross-process collectives of the CPU backend (a no-op for accelerators' own collectives).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if cfg_distributed.coordinator in ("", "auto"):
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(cfg_distributed.coordinator, cfg_distributed.num_processes,
+                               cfg_distributed.process_id)
+
+
+def process_slice(num_prompts: int) -> slice:
+  """This process's share of a step's prompts (validation made it divide evenly)."""
+  per = num_prompts // jax.process_count()
+  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def rollout_pieces(cfg: ml_collections.ConfigDict, model: Decoder, prompts_for_step: rollout_batch.PromptsFn,
+                   decode: Callable[[Sequence[int]], str], reward_fn: rollout_batch.RewardFn,
+                   eos_ids: Sequence[int], pad_id: int) -> tuple[rollout.BuildFn, Callable[[Any], Any]]:
+  """(build_batch, transfer) for the generator; `prompts_for_step` gives all P prompts of a step."""
+  mine = process_slice(cfg.rollout.prompts_per_step)
+  local_cfg = copy.deepcopy(cfg.rollout)
+  local_cfg.prompts_per_step = mine.stop - mine.start
+  if jax.process_count() == 1:
+    smp = sampler.Sampler(model, local_cfg, eos_ids, pad_id, mesh=sampler.rollout_mesh(cfg.rollout))
+    transfer = smp.transfer
+  else:
+    local = jax.local_devices()
+    mesh = Mesh(np.asarray(local).reshape(len(local), 1, 1), sharding.MESH_AXES)
+    smp = sampler.Sampler(model, local_cfg, eos_ids, pad_id, mesh=mesh)
+    targets = None
+
+    def transfer(params):
+      nonlocal targets
+      if targets is None:
+        targets = sharding.state_shardings(params, mesh)
+      return jax.device_put(multihost_utils.process_allgather(params, tiled=True), targets)
+
+  def local_prompts(step: int):
+    ids, targets_ = prompts_for_step(step)
+    return list(ids)[mine], list(targets_)[mine]
+
+  build = rollout_batch.make_build_batch(smp, local_prompts, decode, reward_fn, cfg.seed,
+                                         prompt_ids_for_step=lambda step: range(mine.start, mine.stop))
+  return build, transfer
+
+
+def _eos_ids(model: Decoder, tokenizer: Any) -> list[int]:
+  eos = model.cfg.eos_token_id if model.cfg.eos_token_id is not None else tokenizer.eos_token_id
+  return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def run(cfg: ml_collections.ConfigDict) -> trainer.Result:
+  """Trains the HF model of cfg.model.hf_path on cfg.data.train (validate the config first)."""
+  mesh = sharding.make_mesh(cfg.mesh)
+  model = hf_io.load_model(cfg.model.hf_path, mesh, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
+                           scan_layers=cfg.model.scan_layers)
+  tokenizer = hf_io.load_tokenizer(cfg.model.hf_path)
+  problems = data.load(cfg.data.train, cfg.data.dir, cfg.data.hub)
+
+  def prompts_for_step(step: int):
+    picks = data.problems_for_step(problems, step, cfg.rollout.prompts_per_step, cfg.seed)
+    return prompts.encode(cfg.data.template, [p.question for p in picks], tokenizer), picks
+
+  eos = _eos_ids(model, tokenizer)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+  decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+  with rewards.RewardPool(cfg.data.reward_workers, cfg.data.reward_timeout_s) as pool:
+    build, transfer = rollout_pieces(cfg, model, prompts_for_step, decode, pool.score, eos, pad)
+    return trainer.train(cfg, mesh, model, build, transfer=transfer)

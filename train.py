@@ -1,0 +1,28 @@
+"""Trains a policy with asynchronous RL: `python train.py --config configs/x.py --config.rollout.staleness=4`.
+
+Validates the whole config before anything is built or compiled, then runs (or resumes, when the workdir
+holds a checkpoint) the loop of asympo_jax/trainer.py. SIGTERM or Ctrl-C saves a checkpoint and stops.
+"""
+from absl import app, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file (configs/*.py)", lock_config=True)
+
+
+def main(argv):
+  del argv
+  import jax
+
+  from asympo_jax import run, validation
+  cfg = _CONFIG.value
+  run.initialize_distributed(cfg.distributed)
+  validation.validate(cfg, jax.devices())
+  result = run.run(cfg)
+  logging.info("%s after %d steps: %s", "stopped" if result.stopped_by_signal else "finished", result.step,
+               cfg.workdir)
+
+
+if __name__ == "__main__":
+  from absl import flags
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -186,14 +186,32 @@ def load_gym(task: str, options: dict[str, Any], source: str) -> list[Problem]:
 
 
 def split_specs(specs: str) -> list[str]:
-  return [s.strip() for s in specs.split(",") if s.strip()]
+  """Splits at top-level commas only: gym:...?operators=('+','-') is one spec."""
+  parts, depth, start = [], 0, 0
+  for i, ch in enumerate(specs + ","):
+    depth += (ch in "([{") - (ch in ")]}")
+    if ch == "," and depth == 0:
+      parts.append(specs[start:i].strip())
+      start = i + 1
+  return [p for p in parts if p]
+
+
+def parse_options(query: str, spec: str) -> dict[str, str]:
+  """key=value pairs separated by '&', percent-decoded; unlike a URL query, '+' stays '+'."""
+  options = {}
+  for pair in filter(None, query.split("&")):
+    key, sep, value = pair.partition("=")
+    if not sep or not key:
+      raise DataError(f"{spec}: option {pair!r} is not key=value")
+    options[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
+  return options
 
 
 def load(spec: str, data_dir: str | pathlib.Path = "", hub: bool = False, limit: int = 0) -> list[Problem]:
   """The problems of one spec (see the module docstring), the first `limit` of them when limit > 0."""
   kind, _, rest = spec.partition(":") if spec.startswith(("file:", "gym:")) else ("", "", spec)
   target, _, query = rest.partition("?")
-  options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+  options = parse_options(query, spec)
   if kind == "file":
     unknown = set(options) - {f.name for f in dataclasses.fields(Fields)}
     if unknown or not {"question", "answer"} <= set(options):

@@ -72,6 +72,7 @@ def test_a_record_without_a_gold_answer_names_the_line(tmp_path):
     ("file:/nonexistent.jsonl?question=q&answer=a", "no such file"),
     ("file:x.jsonl?question=q", "needs question= and answer="),
     ("gym:no_such_task", "reasoning-gym refused"),
+    ("gym:chain_sum?size", "not key=value"),
 ])
 def test_bad_specs_fail_clearly(spec, message):
   with pytest.raises(data.DataError, match=message):
@@ -125,3 +126,11 @@ def test_hub_loading_maps_fields_through_datasets(monkeypatch):
   assert (problem.question, problem.answer, problem.source) == ("2+2?", "1004", "gsm8k_test")
   with pytest.raises(data.DataError, match=r"HuggingFaceH4/MATH-500\[test\] row 0: missing field 'problem'"):
     data.load("math500_test", hub=True)
+
+
+def test_gym_options_keep_plus_signs_and_commas():
+  spec = "gym:basic_arithmetic?size=30&seed=2&min_terms=2&max_terms=2&max_digits=1&operators=('+','*')"
+  assert data.split_specs(f"{spec}, gsm8k_test") == [spec, "gsm8k_test"]
+  questions = [p.question for p in data.load(spec)]
+  assert any("+" in q for q in questions) and any("*" in q for q in questions)
+  assert not any(" - " in q or "/" in q for q in questions)

@@ -35,13 +35,13 @@ def _truncate_from(path: str, start_step: int) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    keep = [line for line in f if line.strip() and json.loads(line)["step"] < start_step]
+    keep = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
   with open(path, "w") as f:
     f.writelines(keep)
 
 
 class MetricsWriter:
-  """Writes one record per step. `start_step` > 0 (a resumed run) drops JSONL records from that step on."""
+  """Writes one record per step. `start_step` > 0 (a resumed run) drops JSONL records after that step."""
 
   def __init__(self, workdir: str, cfg_metrics: ml_collections.ConfigDict, config: Mapping[str, Any],
                is_main: bool, start_step: int = 0):
@@ -55,7 +55,7 @@ class MetricsWriter:
     self._jsonl = open(path, "a")
     if cfg_metrics.tensorboard:
       import tensorboardX
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step or None)
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None)
     if cfg_metrics.wandb_project:
       import wandb
       self._wandb = wandb.init(project=cfg_metrics.wandb_project, config=dict(config), dir=workdir,

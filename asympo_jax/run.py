@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Any, Callable, Sequence
 
 import jax
@@ -19,7 +20,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from asympo_jax import data, hf_io, prompts, rewards, rollout, rollout_batch, sampler, sharding, trainer
+from asympo_jax import (completions, data, evaluation, hf_io, prompts, rewards, rollout, rollout_batch, sampler,
+                        sharding, trainer)
 from asympo_jax.model import Decoder
 
 
@@ -74,9 +76,33 @@ def rollout_pieces(cfg: ml_collections.ConfigDict, model: Decoder, prompts_for_s
   return build, transfer
 
 
-def _eos_ids(model: Decoder, tokenizer: Any) -> list[int]:
-  eos = model.cfg.eos_token_id if model.cfg.eos_token_id is not None else tokenizer.eos_token_id
-  return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+def make_evaluate(cfg: ml_collections.ConfigDict, model: Decoder, tokenizer: Any,
+                  score: evaluation.Score, transfer: Callable[[Any], Any]) -> trainer.Evaluate | None:
+  """The trainer's periodic eval on cfg.data.eval: summaries as metrics, and (process 0) the results JSON
+  and curves of evaluation.py under cfg.eval.out_dir (default <workdir>/eval). None when eval is off."""
+  specs = data.split_specs(cfg.data.eval)
+  if not specs or cfg.eval.every == 0:
+    return None
+  benchmarks = {spec: data.load(spec, cfg.data.dir, cfg.data.hub, cfg.data.max_eval_problems) for spec in specs}
+  completer = completions.Completer(model, tokenizer, cfg, seed=cfg.seed)
+  out_dir = cfg.eval.out_dir or os.path.join(cfg.workdir, "eval")
+  run_name = os.path.basename(os.path.abspath(cfg.workdir))
+  ks = evaluation.default_ks(cfg.eval.samples)
+
+  def evaluate(params: Any, step: int) -> dict[str, float]:
+    completer.state = transfer(params)  # every process evaluates its own copy: no collectives inside
+    scalars = {}
+    for spec, problems in benchmarks.items():
+      summary, _ = evaluation.run_benchmark(problems, completer, score, cfg.eval.samples, ks)
+      name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_")
+      if jax.process_index() == 0:
+        records = evaluation.update_results(os.path.join(out_dir, f"{name}.json"), spec,
+                                            [{"run": run_name, "step": step, **summary}])
+        evaluation.plot(records, spec, os.path.join(out_dir, f"{name}.png"))
+      scalars.update({f"{name}/{k}": float(v) for k, v in summary.items()})
+    return scalars
+
+  return evaluate
 
 
 def run(cfg: ml_collections.ConfigDict) -> trainer.Result:
@@ -86,14 +112,17 @@ def run(cfg: ml_collections.ConfigDict) -> trainer.Result:
                            scan_layers=cfg.model.scan_layers)
   tokenizer = hf_io.load_tokenizer(cfg.model.hf_path)
   problems = data.load(cfg.data.train, cfg.data.dir, cfg.data.hub)
+  limit = cfg.rollout.max_prompt_len
 
   def prompts_for_step(step: int):
     picks = data.problems_for_step(problems, step, cfg.rollout.prompts_per_step, cfg.seed)
-    return prompts.encode(cfg.data.template, [p.question for p in picks], tokenizer), picks
+    ids = prompts.encode(cfg.data.template, [p.question for p in picks], tokenizer)
+    return [p[-limit:] for p in ids], picks  # too long: keep the end (instruction and question's end)
 
-  eos = _eos_ids(model, tokenizer)
+  eos = completions.eos_ids(tokenizer, model.cfg.eos_token_id)
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
   decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
   with rewards.RewardPool(cfg.data.reward_workers, cfg.data.reward_timeout_s) as pool:
     build, transfer = rollout_pieces(cfg, model, prompts_for_step, decode, pool.score, eos, pad)
-    return trainer.train(cfg, mesh, model, build, transfer=transfer)
+    evaluate = make_evaluate(cfg, model, tokenizer, pool.score, transfer)
+    return trainer.train(cfg, mesh, model, build, transfer=transfer, evaluate=evaluate)

@@ -127,7 +127,10 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
 
   `build_batch(params, step) -> (batch, info)` samples this process's rows of batch `step` (contracts.md)
   with the generator's copy of the params (made by `transfer`); `evaluate(params, step)` returns eval
-  metrics every cfg.eval.every steps.
+  metrics of the params after `step` updates: before training, every cfg.eval.every steps and at the end.
+
+  Metrics records are keyed by the number of updates done: record s holds the step that made theta_s
+  (and the eval of theta_s); record 0 holds only the eval of the initial params.
   """
   run = _Run(cfg, mesh, model)
   start = run.restore()
@@ -141,7 +144,16 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
   gen = rollout.RolloutGenerator(build_batch, run.state.params, cfg.rollout, total,
                                  start_step=start + len(run.pending), params0_version=start, transfer=transfer)
   step, stopped = start, False
+  evaluating = evaluate is not None and cfg.eval.every > 0
+
+  def eval_metrics(step: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    out = {f"eval/{k}": v for k, v in evaluate(run.state.params, step).items()}
+    return {**out, "time/eval": time.perf_counter() - t0}
+
   try:
+    if evaluating and start == 0:
+      writer.write(0, eval_metrics(0))
     while step < total and not stopped:
       t0 = time.perf_counter()
       if step in run.pending:
@@ -161,16 +173,14 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
       scalars.update({"time/get_batch": t1 - t0, "time/train": t2 - t1, "time/publish": t3 - t2,
                       "time/step": t3 - t0, "throughput/train_tokens_per_s": rows * width / (t2 - t1),
                       "throughput/response_tokens_per_s": scalars["response/tokens"] / (t3 - t0)})
-      if evaluate is not None and cfg.eval.every and step % cfg.eval.every == 0:
-        t4 = time.perf_counter()
-        scalars.update({f"eval/{k}": v for k, v in evaluate(run.state.params, step).items()})
-        scalars["time/eval"] = time.perf_counter() - t4
+      if evaluating and (step % cfg.eval.every == 0 or step == total):
+        scalars.update(eval_metrics(step))
       stopped = _any_process(stop.is_set())
       if stopped or step == total or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
         t5 = time.perf_counter()
         run.save(step, gen)
         scalars["time/checkpoint"] = time.perf_counter() - t5
-      writer.write(step - 1, scalars)
+      writer.write(step, scalars)
       bar.update(scalars)
   finally:
     gen.close()

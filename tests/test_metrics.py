@@ -15,8 +15,8 @@ def test_jsonl_tensorboard_and_resume(tmp_path):
   w.close()
   assert [r["step"] for r in metrics.read_jsonl(str(tmp_path))] == [0, 1, 2, 3]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
-  # Resumed at step 2: the records of steps 2 and 3 from before the kill are replaced.
-  w = metrics.MetricsWriter(str(tmp_path), cfg, {}, is_main=True, start_step=2)
+  # Resumed after step 1: the records of steps 2 and 3 from before the kill are replaced.
+  w = metrics.MetricsWriter(str(tmp_path), cfg, {}, is_main=True, start_step=1)
   w.write(2, {"loss": 9.0})
   w.close()
   records = metrics.read_jsonl(str(tmp_path))

@@ -50,7 +50,7 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path):
 
   proc = _start(tmp_path / "cut", 2, *args, cache=cache)
   deadline = time.time() + 300
-  while _steps_logged(tmp_path / "cut") < s - 1:  # step s - 1 logged: s steps done
+  while _steps_logged(tmp_path / "cut") < s:
     assert proc.poll() is None and time.time() < deadline
     time.sleep(0.02)
   proc.send_signal(signal.SIGTERM)
@@ -65,7 +65,7 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path):
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   logged = [json.loads(line)["step"] for line in open(tmp_path / "cut" / "metrics.jsonl")]
-  assert logged == list(range(2 * s))
+  assert logged == list(range(1, 2 * s + 1))
 
 
 def _free_port():
@@ -88,7 +88,7 @@ def test_two_processes_equal_one(tmp_path):
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
   single_log = [json.loads(line) for line in open(tmp_path / "single" / "metrics.jsonl")]
   multi_log = [json.loads(line) for line in open(tmp_path / "multi" / "metrics.jsonl")]
-  assert [r["step"] for r in multi_log] == [0, 1, 2]  # process 0 alone wrote them
+  assert [r["step"] for r in multi_log] == [1, 2, 3]  # process 0 alone wrote them
   for a, b in zip(single_log, multi_log):
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5, atol=1e-6)
     assert a["reward/mean"] == b["reward/mean"]

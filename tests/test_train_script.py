@@ -1,0 +1,60 @@
+"""train.py as users run it: bad configs stop before anything is built; a tiny run end to end (slow)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CONFIG = '''
+from asympo_jax.config import base_config
+
+def get_config():
+  c = base_config()
+  c.rollout.prompts_per_step, c.rollout.group_size = 2, 4
+  c.workdir = {workdir!r}
+  {extra}
+  return c
+'''
+
+
+def _train(tmp_path, *flags, extra="", timeout=120):
+  config = tmp_path / "config.py"
+  config.write_text(CONFIG.format(workdir=str(tmp_path / "run"), extra=extra))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--config={config}", *flags], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("flags,extra,key", [
+    (["--config.rollout.staleness=-1"], "", "config.rollout.staleness"),
+    ([], "c.rollout.stalenes = 2", "config.rollout.stalenes"),
+    (["--config.mesh.data=3"], "", "config.mesh.data"),
+])
+def test_bad_config_stops_before_anything_is_built(tmp_path, flags, extra, key):
+  out = _train(tmp_path, *flags, extra=extra)
+  assert out.returncode != 0
+  assert "ConfigError" in out.stderr and key in out.stderr, out.stderr[-2000:]
+  assert not (tmp_path / "run").exists()  # no checkpoint, metrics or model was created
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end(tmp_path):
+  from asympo_jax import scratch
+  model_dir = tmp_path / "model"
+  scratch.build(str(model_dir), "tiny", ["What is 3 + 4? The answer is \\boxed{7}."] * 50, seed=0)
+  extra = "\n  ".join([
+      f"c.model.hf_path = {str(model_dir)!r}", "c.data.train = 'gym:basic_arithmetic?size=50&seed=1'",
+      "c.data.eval = 'gym:basic_arithmetic?size=4&seed=2'", "c.eval.every = 2", "c.eval.batch_size = 4",
+      "c.rollout.max_prompt_len = 64", "c.rollout.max_new_tokens = 8", "c.train.steps = 2",
+      "c.rollout.staleness = 1", "c.metrics.progress_bar = False"])
+  out = _train(tmp_path, extra=extra, timeout=900)
+  assert out.returncode == 0, out.stderr[-4000:]
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [0, 1, 2]
+  assert any(k.endswith("greedy_accuracy") for k in records[0]) and any(k.endswith("greedy_accuracy") for k in records[2])
+  assert {"loss", "reward/mean", "rollout/lag_mean", "optim/grad_norm", "balance/neg_pos_ratio"} <= set(records[1])
+  assert os.listdir(tmp_path / "run" / "checkpoints") == ["2"]
+  assert any(f.endswith(".png") for f in os.listdir(tmp_path / "run" / "eval"))

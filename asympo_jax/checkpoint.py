@@ -1,8 +1,8 @@
 """Checkpoints through orbax's CheckpointManager, and the stop signals that trigger a final save.
 
-A checkpoint has two items: `state`, a pytree of (possibly sharded, multi-host) jax arrays (params,
-optimizer state, RNG key data, the rollout batches already sampled for the next steps), and `meta`, a JSON
-dict (step, data position, config). Restoring `state` needs an abstract pytree (jax.ShapeDtypeStruct with
+A checkpoint has two items: `state`, a pytree of (possibly sharded, multi-host) jax arrays (the trainer puts
+params, optimizer state and the rollout batches already sampled for the next steps there), and `meta`, a
+JSON dict (the trainer's: step, RNG key, data position, config). Restoring `state` needs an abstract pytree (jax.ShapeDtypeStruct with
 shardings) so every array lands directly in its target sharding.
 """
 from __future__ import annotations

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 RUNNER = os.path.join(os.path.dirname(__file__), "trainer_runner.py")
 
@@ -27,6 +28,12 @@ def _finish(proc, timeout=300):
   return [line.split() for line in out.splitlines() if line.startswith("RESULT")][-1]
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  """A persistent compilation cache shared by this module's runs: later runs skip most compiling."""
+  return tmp_path_factory.mktemp("jax_cache")
+
+
 def _params(workdir):
   with np.load(os.path.join(workdir, "final_params.npz")) as f:
     return {k: f[k] for k in f.files}
@@ -40,11 +47,10 @@ def _steps_logged(workdir):
     return max((json.loads(line)["step"] for line in f if line.strip()), default=-1)
 
 
-def test_sigterm_then_resume_is_bit_identical(tmp_path):
+def test_sigterm_then_resume_is_bit_identical(tmp_path, cache):
   s = 3
   args = [f"train.steps={2 * s}", "rollout.staleness=2", "rollout.mode='fixed_lag'", "train.micro_batches=2",
           "checkpoint.every=0", "reward_sleep=0.3"]
-  cache = tmp_path / "cache"
   whole = _finish(_start(tmp_path / "whole", 2, *args, cache=cache))
   assert whole[1:] == [str(2 * s), "False"]
 
@@ -74,9 +80,8 @@ def _free_port():
     return sock.getsockname()[1]
 
 
-def test_two_processes_equal_one(tmp_path):
+def test_two_processes_equal_one(tmp_path, cache):
   args = ["train.steps=3", "rollout.staleness=1", "train.micro_batches=2", "mesh.data=-1", "mesh.fsdp=2"]
-  cache = tmp_path / "cache"
   single = _finish(_start(tmp_path / "single", 4, *args, cache=cache))
   port = _free_port()
   procs = [_start(tmp_path / "multi", 2, *args, f"distributed.coordinator='localhost:{port}'",

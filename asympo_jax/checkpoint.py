@@ -2,8 +2,8 @@
 
 A checkpoint has two items: `state`, a pytree of (possibly sharded, multi-host) jax arrays (the trainer puts
 params, optimizer state and the rollout batches already sampled for the next steps there), and `meta`, a
-JSON dict (the trainer's: step, RNG key, data position, config). Restoring `state` needs an abstract pytree (jax.ShapeDtypeStruct with
-shardings) so every array lands directly in its target sharding.
+JSON dict (the trainer's: step, RNG key, data position, config). Restoring `state` needs an abstract pytree
+(jax.ShapeDtypeStruct with shardings) so every array lands directly in its target sharding.
 """
 from __future__ import annotations
 

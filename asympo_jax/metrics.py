@@ -55,7 +55,8 @@ class MetricsWriter:
     self._jsonl = open(path, "a")
     if cfg_metrics.tensorboard:
       import tensorboardX
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None)
+      purge = start_step + 1 if start_step else None  # TensorBoard hides the dropped records too
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
     if cfg_metrics.wandb_project:
       import wandb
       self._wandb = wandb.init(project=cfg_metrics.wandb_project, config=dict(config), dir=workdir,

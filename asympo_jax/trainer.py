@@ -97,9 +97,11 @@ class _Run:
         batch, info = gen.get(t)
         self.pending[t] = (_to_global(batch, self.rows), info)
     pending = {str(t): self.pending[t] for t in range(step, last)}
-    meta = {"step": step, "data_position": {"next_step": step, "prompts_consumed": step * self.cfg.rollout.prompts_per_step},
-            "rng": self.rng, "config": self.cfg.to_dict(),
-            "pending_spec": {t: {k: (list(v.shape), v.dtype.name) for k, v in b.items()} for t, (b, _) in pending.items()},
+    # Prompts are a function of the step (data.problems_for_step), so the step is the data position.
+    position = {"next_step": step, "prompts_consumed": step * self.cfg.rollout.prompts_per_step}
+    meta = {"step": step, "data_position": position, "rng": self.rng, "config": self.cfg.to_dict(),
+            "pending_spec": {t: {k: (list(v.shape), v.dtype.name) for k, v in b.items()}
+                             for t, (b, _) in pending.items()},
             "pending_info": {t: info for t, (_, info) in pending.items()}}
     self.ckpt.save(step, {"train": self.state, "pending": {t: b for t, (b, _) in pending.items()}}, meta)
 

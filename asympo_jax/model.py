@@ -148,7 +148,7 @@ def _remat(cfg: ModelConfig, fn: Any) -> Any:
 def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
                   cos_sin: tuple[jax.Array, jax.Array], attn_mask_BxTxS: jax.Array,
                   past: tuple[jax.Array, jax.Array, Any, jax.Array] | None) -> tuple[jax.Array, Any]:
-  """One pre-norm block. `past` = (k_LxBxSxKxhd, v_LxBxSxKxhd, layer, index): the stacked cache, this
+  """One pre-norm block. `past` = (k_LxBxKxSxhd, v_LxBxKxSxhd, layer, index): the stacked cache, this
   block's layer number and the first slot to write, or None.
 
   Returns the new hidden states and the updated stacked (k, v) buffers (None without a cache).
@@ -162,6 +162,7 @@ def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
     k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
   q = constrain(apply_rope(q, *cos_sin), ("act_batch", "act_seq", "act_heads", "head_dim"))
   k = constrain(apply_rope(k, *cos_sin), ("act_batch", "act_seq", "act_kv_heads", "head_dim"))
+  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, K, T, hd]
   new_kv = None
   if past is not None:
     k_cache, v_cache, layer, index = past
@@ -190,17 +191,21 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
   return scale * normed.astype(x.dtype)
 
 
-def attention(q_BxTxHxhd: jax.Array, k_BxSxKxhd: jax.Array, v_BxSxKxhd: jax.Array,
+def attention(q_BxTxHxhd: jax.Array, k_BxKxSxhd: jax.Array, v_BxKxSxhd: jax.Array,
               mask_BxTxS: jax.Array) -> jax.Array:
-  """Grouped-query attention with a float32 softmax; returns [B, T, H, hd]. Rows with no visible key are 0."""
+  """Grouped-query attention with a float32 softmax; returns [B, T, H, hd]. Rows with no visible key are 0.
+
+  Keys and values come heads-first ([B, K, S, hd], the cache's layout), so both products are plain batched
+  matmuls over (B, K): a decode step then reads the cache without transposing it.
+  """
   B, T, H, hd = q_BxTxHxhd.shape
-  K = k_BxSxKxhd.shape[2]
+  K = k_BxKxSxhd.shape[1]
   q = q_BxTxHxhd.reshape(B, T, K, H // K, hd)
-  scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BxSxKxhd, preferred_element_type=jnp.float32) / math.sqrt(hd)
+  scores = jnp.einsum("btkgh,bksh->bkgts", q, k_BxKxSxhd, preferred_element_type=jnp.float32) / math.sqrt(hd)
   mask = mask_BxTxS[:, None, None]
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0)
-  out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v_BxSxKxhd.dtype), v_BxSxKxhd)
+  out = jnp.einsum("bkgts,bksh->btkgh", probs.astype(v_BxKxSxhd.dtype), v_BxKxSxhd)
   return out.reshape(B, T, H, hd)
 
 

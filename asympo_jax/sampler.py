@@ -7,8 +7,9 @@ rollout.max_new_tokens steps that exits as soon as every row has finished (EOS o
 cache is allocated inside the jitted function and lives in the loop carry, which XLA updates in place, so it
 is never copied between steps nor held between calls.
 
-Randomness: row p*G + g draws its t-th token with the key fold_in(row_key, t), where row_key depends on
-(seed, step, prompt id, g) only (sampling.row_keys), so a response never depends on the rest of the batch.
+Randomness: row p*G + g draws its t-th token at the t-th of the uniform numbers drawn from its row key, which
+depends on (seed, step, prompt id, g) only (sampling.row_keys), so a response never depends on the rest of the
+batch.
 
 Behaviour log-probs (rollout.record_behaviour_logprobs, used by the grpo baseline and the diagnostics) are the
 float32 log-softmax of the *untempered, unfiltered* model logits at the sampled token: the objectives compare
@@ -108,6 +109,24 @@ def _logits(model: Decoder, hidden_BxD: jax.Array) -> jax.Array:
   return jnp.dot(hidden_BxD, model.unembedding(), preferred_element_type=jnp.float32)
 
 
+def _split_layers(state: nnx.State) -> Any:
+  """`state` with every stacked layer parameter [L, ...] as a list of its L slices (see `_restack`)."""
+  def split(path, x):
+    return [x[i] for i in range(x.shape[0])] if "layers" in jax.tree_util.keystr(path) else x
+
+  return jax.tree_util.tree_map_with_path(split, state)
+
+
+def _restack(split_state: Any) -> Any:
+  """Inverse of `_split_layers`, called inside the decode loop on slices taken before it.
+
+  The model slices layer i out of every stacked parameter; inside a loop XLA on CPU materialises such slices,
+  a copy of all the weights per token. Taking the slices once before the loop and stacking them inside it
+  lets XLA's simplifier resolve slice(stack(w_0, ..., w_L-1), i) to w_i, so decoding reads the weights in place.
+  """
+  return jax.tree.map(jnp.stack, split_state, is_leaf=lambda x: isinstance(x, list))
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
 def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
                     keys_B: jax.Array, eos_E: jax.Array, spec: DecodeSpec) -> dict[str, jax.Array]:
@@ -119,13 +138,13 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Ar
   positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=1) - 1, 0)
   hidden, cache = model(prompt_BxP, positions_BxP, prompt_mask_BxP, cache)
   window = max([len(s) for s in spec.stop_sequences], default=1)
+  uniforms_BxN = sampling.row_uniforms(keys_B, n)
 
   def emit(i, logits_BxV, carry):
     """Chooses token i of every unfinished row and records why rows finish."""
     tokens, logprobs, length, finish, recent = carry
     done = length <= i  # finished before step i
-    step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys_B, i)
-    token = sampling.choose(logits_BxV, step_keys, spec.temperature, spec.top_k, spec.top_p)
+    token = sampling.choose(logits_BxV, uniforms_BxN[:, i], spec.temperature, spec.top_k, spec.top_p)
     token = jnp.where(done, spec.pad_id, token)
     tokens = tokens.at[:, i].set(token)
     if spec.record_logprobs:
@@ -143,6 +162,7 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Ar
            jnp.full((batch, window), -1, jnp.int32))
   carry = emit(0, _logits(model, hidden[:, -1]), carry)
   last_position_B = positions_BxP[:, -1]
+  split_state = _split_layers(state)
 
   def cond(loop):
     i, _, carry = loop
@@ -152,8 +172,9 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Ar
     i, cache, carry = loop
     tokens_Bx1 = jax.lax.dynamic_slice_in_dim(carry[0], i - 1, 1, axis=1)
     positions_Bx1 = (last_position_B + i)[:, None]
-    hidden, cache = model(tokens_Bx1, positions_Bx1, jnp.ones_like(tokens_Bx1), cache)
-    return i + 1, cache, emit(i, _logits(model, hidden[:, 0]), carry)
+    decoder = nnx.merge(graphdef, _restack(split_state))
+    hidden, cache = decoder(tokens_Bx1, positions_Bx1, jnp.ones_like(tokens_Bx1), cache)
+    return i + 1, cache, emit(i, _logits(decoder, hidden[:, 0]), carry)
 
   _, _, (tokens, logprobs, length, finish, _) = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, carry))
   length = jnp.minimum(length, n)

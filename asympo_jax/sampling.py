@@ -81,13 +81,18 @@ def draw(logits_BxV: jax.Array, uniform_B: jax.Array) -> jax.Array:
   return jnp.where(drawn_p > 0, token_B, first_argmax(logits)).astype(jnp.int32)
 
 
-def choose(logits_BxV: jax.Array, keys_B: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+def choose(logits_BxV: jax.Array, uniform_B: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
   """The next token of each row: greedy when temperature == 0, else a draw from the filtered, tempered
-  distribution with the row's own key. Returns int32 [B]."""
+  distribution at the row's uniform number in [0, 1). Returns int32 [B]."""
   if temperature == 0.0:
     return first_argmax(logits_BxV)
-  logits = filter_logits(logits_BxV.astype(jnp.float32) / temperature, top_k, top_p)
-  return draw(logits, jax.vmap(jax.random.uniform)(keys_B))
+  return draw(filter_logits(logits_BxV.astype(jnp.float32) / temperature, top_k, top_p), uniform_B)
+
+
+def row_uniforms(keys_B: jax.Array, length: int) -> jax.Array:
+  """[B, length] uniform numbers, one per row and token index, from each row's key: drawn once before the
+  decode loop instead of hashing keys at every step."""
+  return jax.vmap(lambda key: jax.random.uniform(key, (length,)))(keys_B)
 
 
 def token_logprob(logits_BxV: jax.Array, token_B: jax.Array) -> jax.Array:

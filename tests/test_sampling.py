@@ -47,8 +47,8 @@ def test_draw_follows_softmax(vocab):
 def test_filtered_choice_stays_in_allowed_set(logits, top_k, top_p, temperature, seed):
   logits = np.asarray(logits, np.float32)
   rows = 64
-  keys = jax.random.split(jax.random.PRNGKey(seed), rows)
-  tokens = np.asarray(sampling.choose(jnp.broadcast_to(logits, (rows, len(logits))), keys, temperature, top_k,
+  uniforms = jax.random.uniform(jax.random.PRNGKey(seed), (rows,))
+  tokens = np.asarray(sampling.choose(jnp.broadcast_to(logits, (rows, len(logits))), uniforms, temperature, top_k,
                                       top_p))
   ok = allowed(logits / temperature, top_k, top_p)
   assert ok[tokens].all(), (tokens, ok)
@@ -56,9 +56,9 @@ def test_filtered_choice_stays_in_allowed_set(logits, top_k, top_p, temperature,
 
 def test_top_k_and_top_p_reach_their_whole_set():
   logits = np.log(np.array([0.4, 0.3, 0.2, 0.1], np.float32))
-  keys = jax.random.split(jax.random.PRNGKey(0), 2000)
+  uniforms = jax.random.uniform(jax.random.PRNGKey(0), (2000,))
   for top_k, top_p, want in [(2, 1.0, {0, 1}), (0, 0.65, {0, 1}), (0, 0.75, {0, 1, 2}), (3, 0.35, {0})]:
-    tokens = sampling.choose(jnp.broadcast_to(logits, (2000, 4)), keys, 1.0, top_k, top_p)
+    tokens = sampling.choose(jnp.broadcast_to(logits, (2000, 4)), uniforms, 1.0, top_k, top_p)
     assert set(np.asarray(tokens).tolist()) == want
 
 

@@ -47,7 +47,7 @@ def bench(name: str, repeats: int, peak: float, with_reference: bool) -> None:
   with tempfile.TemporaryDirectory() as path:
     torch_model = models.write_checkpoint(name, path)
     model = hf_io.load_model(path)
-  vocab = models.CONFIGS[name]["vocab_size"]
+  vocab = models.scratch.SIZES[name]["vocab_size"]
   prompts = np.random.default_rng(0).integers(3, vocab, (PROMPTS, PROMPT_LEN))
 
   cfg = config_lib.base_config().rollout
@@ -95,6 +95,8 @@ def main() -> None:
         f"f32 matmul peak {peak / 1e9:.0f} GFLOP/s")
   print(f"workload: {PROMPTS} prompts x {PROMPT_LEN} tokens, {NEW_TOKENS} new tokens each, temperature 1.0")
   for name in args.configs.split(","):
+    if name not in models.scratch.SIZES:
+      raise SystemExit(f"--configs: unknown model {name!r}; known: {', '.join(models.scratch.SIZES)}")
     bench(name, args.repeats, peak, not args.no_reference)
 
 

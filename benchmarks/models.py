@@ -1,4 +1,4 @@
-"""DESIGN §3 benchmark models and the measured f32 matmul peak, shared by the benchmark scripts.
+"""DESIGN §3 benchmark models (sizes from asympo_jax.scratch.SIZES) and the measured f32 matmul peak.
 
 `write_checkpoint(name, path)` saves a random-init Qwen3 model of that size as a Hugging Face directory (through
 transformers, so the PyTorch reference and our decoder read the very same weights) and returns the torch model.
@@ -12,17 +12,16 @@ import jax.numpy as jnp
 import torch
 import transformers
 
-CONFIGS = {
-    "tiny": dict(vocab_size=512, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=64, intermediate_size=768),
-    "small": dict(vocab_size=32000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
-                  num_key_value_heads=4, head_dim=64, intermediate_size=1536),
-}
+from asympo_jax import scratch
 
 
 def hf_config(name: str) -> transformers.PretrainedConfig:
-  return transformers.Qwen3Config(**CONFIGS[name], tie_word_embeddings=True, max_position_embeddings=4096,
-                                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+  c = scratch.SIZES[name]
+  return transformers.Qwen3Config(
+      vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], num_hidden_layers=c["num_layers"],
+      num_attention_heads=c["num_heads"], num_key_value_heads=c["num_kv_heads"], head_dim=c["head_dim"],
+      intermediate_size=c["intermediate_size"], tie_word_embeddings=True, max_position_embeddings=4096,
+      bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
 def write_checkpoint(name: str, path: str, seed: int = 0) -> torch.nn.Module:
@@ -37,11 +36,10 @@ def write_checkpoint(name: str, path: str, seed: int = 0) -> torch.nn.Module:
 def forward_flops_per_token(name: str, context: float) -> float:
   """Matmul FLOPs of one token's forward pass: 2 * (layer weights + LM head) + attention against `context`
   earlier tokens (QK^T and PV: 4 * heads * head_dim * context per layer)."""
-  c = CONFIGS[name]
-  d, h, k, hd, f = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"], \
-      c["intermediate_size"]
+  c = scratch.SIZES[name]
+  d, h, k, hd, f = c["hidden_size"], c["num_heads"], c["num_kv_heads"], c["head_dim"], c["intermediate_size"]
   layer = d * h * hd * 2 + d * k * hd * 2 + 3 * d * f
-  return 2 * (c["num_hidden_layers"] * layer + d * c["vocab_size"]) + 4 * c["num_hidden_layers"] * h * hd * context
+  return 2 * (c["num_layers"] * layer + d * c["vocab_size"]) + 4 * c["num_layers"] * h * hd * context
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from asympo_jax import (completions, data, evaluation, hf_io, prompts, rewards, rollout, rollout_batch, sampler,
-                        sharding, trainer)
+                        sharding, trainer, validation)
 from asympo_jax.model import Decoder
 
 
@@ -107,7 +107,7 @@ def make_evaluate(cfg: ml_collections.ConfigDict, model: Decoder, tokenizer: Any
 
 def run(cfg: ml_collections.ConfigDict) -> trainer.Result:
   """Trains the HF model of cfg.model.hf_path on cfg.data.train (validate the config first)."""
-  mesh = sharding.make_mesh(cfg.mesh)
+  mesh = sharding.make_mesh(cfg.mesh, validation.training_devices(cfg))
   model = hf_io.load_model(cfg.model.hf_path, mesh, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
                            scan_layers=cfg.model.scan_layers)
   tokenizer = hf_io.load_tokenizer(cfg.model.hf_path)

@@ -58,6 +58,17 @@ def _validate_batch(cfg: ml_collections.ConfigDict, mesh_shape: dict[str, int], 
         f"{cfg.rollout.prompts_per_step} prompts do not split over {num_processes} processes")
 
 
+def training_devices(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
+                     ) -> list[jax.Device]:
+  """The devices the train step runs on: all of them, less the disjoint rollout.devices range if any."""
+  devices = list(jax.devices() if devices is None else devices)
+  rollout_mesh = sampler.rollout_mesh(cfg.rollout, devices)
+  if rollout_mesh is None:
+    return devices
+  taken = set(rollout_mesh.devices.flat)
+  return [d for d in devices if d not in taken]
+
+
 def validate(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None,
              num_processes: int | None = None) -> None:
   """Raises ConfigError (naming the key) for anything in `cfg` that cannot run on `devices`."""
@@ -66,6 +77,11 @@ def validate(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
     validate_section(cfg)
   _validate_train(cfg)
   _validate_distributed(cfg)
-  mesh = sharding.make_mesh(cfg.mesh, devices)
-  _validate_batch(cfg, dict(mesh.shape), num_processes or jax.process_count())
+  processes = num_processes or jax.process_count()
+  check(not cfg.rollout.devices or processes == 1, "rollout.devices",
+        "must be empty with several processes (each process samples on its own local devices)")
+  train_devices = training_devices(cfg, devices)
+  check(train_devices, "rollout.devices", "leaves no device for training")
+  mesh = sharding.make_mesh(cfg.mesh, train_devices)
+  _validate_batch(cfg, dict(mesh.shape), processes)
 

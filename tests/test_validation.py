@@ -53,3 +53,12 @@ def test_more_prompts_than_processes_need():
   cfg = _cfg(**{"rollout.prompts_per_step": 4, "train.micro_batches": 1})
   with pytest.raises(ConfigError, match="rollout.prompts_per_step"):
     validation.validate(cfg, jax.devices()[:2], num_processes=3)
+
+
+def test_disjoint_rollout_devices_are_left_out_of_the_training_mesh():
+  cfg = _cfg(**{"rollout.devices": "6:8"})
+  with pytest.raises(ConfigError, match="mesh"):  # data=8 would need the 2 rollout devices too
+    validation.validate(_cfg(**{"rollout.devices": "6:8", "mesh.data": 8}), jax.devices())
+  assert validation.training_devices(cfg, jax.devices()) == jax.devices()[:6]
+  cfg.rollout.prompts_per_step = 3  # 12 rows: over 6 training shards and 2 rollout devices
+  validation.validate(cfg, jax.devices())

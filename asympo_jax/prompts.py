@@ -1,4 +1,5 @@
-"""Prompt templates: a plain one for base models and the tokenizer's own chat template for instruct models.
+"""Prompt templates: a plain one for base models, a bare one for models trained from scratch, and the
+tokenizer's own chat template for instruct models.
 
 Both ask for the answer in \\boxed{}, the convention the rewards read (answers.py).
 """
@@ -14,6 +15,13 @@ def plain(question: str, tokenizer: Any = None) -> str:
   return f"Question: {question}\n{INSTRUCTION}\nAnswer:"
 
 
+def bare(question: str, tokenizer: Any = None) -> str:
+  # For models trained from scratch (the embedded default): they never learned to follow an instruction,
+  # and the answer convention comes from the warm start, so the prompt stays a few tokens long.
+  del tokenizer
+  return f"Question: {question}\nAnswer:"
+
+
 def chat(question: str, tokenizer: Any) -> str:
   if not getattr(tokenizer, "chat_template", None):
     raise ValueError("config.data.template='chat' needs a tokenizer with a chat template; "
@@ -22,9 +30,9 @@ def chat(question: str, tokenizer: Any) -> str:
                                        tokenize=False, add_generation_prompt=True)
 
 
-TEMPLATES: dict[str, Callable[[str, Any], str]] = {"plain": plain, "chat": chat}
+TEMPLATES: dict[str, Callable[[str, Any], str]] = {"plain": plain, "bare": bare, "chat": chat}
 # A chat template writes its own BOS and special tokens; a plain prompt gets the tokenizer's.
-ADD_SPECIAL_TOKENS = {"plain": True, "chat": False}
+ADD_SPECIAL_TOKENS = {"plain": True, "bare": True, "chat": False}
 
 
 def render(template: str, questions: Sequence[str], tokenizer: Any = None) -> list[str]:

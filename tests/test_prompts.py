@@ -38,3 +38,9 @@ def test_chat_without_a_template_is_refused():
 def test_encode_gives_one_id_list_per_question():
   ids = prompts.encode("plain", ["a b", "c"], _tokenizer())
   assert len(ids) == 2 and all(isinstance(i, int) for row in ids for i in row)
+
+
+def test_bare_template_is_the_question_alone():
+  (text,) = prompts.render("bare", ["What is 2 + 3?"])
+  assert text == "Question: What is 2 + 3?\nAnswer:"
+  assert "boxed" not in text

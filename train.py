@@ -13,11 +13,11 @@ def main(argv):
   del argv
   import jax
 
-  from asympo_jax import run, validation
+  from asympo_jax import pipeline, run, validation
   cfg = _CONFIG.value
   run.initialize_distributed(cfg.distributed)
   validation.validate(cfg, jax.devices())
-  result = run.run(cfg)
+  result = pipeline.run_all(cfg)
   logging.info("%s after %d steps: %s", "stopped" if result.stopped_by_signal else "finished", result.step,
                cfg.workdir)
 

@@ -21,6 +21,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"  # float32 | bfloat16
   c.model.remat = "none"  # none | full | dots (jax.checkpoint policy for each layer)
   c.model.scan_layers = False
+  c.model.scratch = ""  # "" | tiny | small: build a tokenizer and a random Qwen3 model in <workdir>/scratch_model
+
+  # Supervised warm start (objective nll on gold answers) through the same loop and train step, before RL.
+  c.warm_start = ml_collections.ConfigDict()
+  c.warm_start.steps = 0  # 0: off
+  c.warm_start.lr = 1e-3
+  c.warm_start.warmup_steps = 0
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: the rest of the devices

@@ -114,6 +114,7 @@ def nll(cfg: ml_collections.ConfigDict, x: Inputs) -> tuple[Array, str]:
 class Objective:
   fn: Callable[[ml_collections.ConfigDict, Inputs], tuple[Array, str]]
   needs_behaviour: bool = False
+  uses_advantages: bool = True  # group-relative: needs rollout.group_size >= 2
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -122,7 +123,7 @@ OBJECTIVES: dict[str, Objective] = {
     "asympo": Objective(asympo),
     "gpg": Objective(gpg),
     "grpo": Objective(grpo, needs_behaviour=True),
-    "nll": Objective(nll),
+    "nll": Objective(nll, uses_advantages=False),
 }
 
 

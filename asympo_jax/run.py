@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from asympo_jax import (completions, data, evaluation, hf_io, prompts, rewards, rollout, rollout_batch, sampler,
                         sharding, trainer, validation)
+from asympo_jax import supervised as supervised_batch
 from asympo_jax.model import Decoder
 
 
@@ -105,8 +106,11 @@ def make_evaluate(cfg: ml_collections.ConfigDict, model: Decoder, tokenizer: Any
   return evaluate
 
 
-def run(cfg: ml_collections.ConfigDict) -> trainer.Result:
-  """Trains the HF model of cfg.model.hf_path on cfg.data.train (validate the config first)."""
+def run(cfg: ml_collections.ConfigDict, supervised: bool = False) -> trainer.Result:
+  """Trains the HF model of cfg.model.hf_path on cfg.data.train (validate the config first).
+
+  `supervised`: the responses are the gold answers (supervised.py) instead of samples; for the warm start.
+  """
   mesh = sharding.make_mesh(cfg.mesh, validation.training_devices(cfg))
   model = hf_io.load_model(cfg.model.hf_path, mesh, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
                            scan_layers=cfg.model.scan_layers)
@@ -123,6 +127,11 @@ def run(cfg: ml_collections.ConfigDict) -> trainer.Result:
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
   decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
   with rewards.RewardPool(cfg.data.reward_workers, cfg.data.reward_timeout_s) as pool:
-    build, transfer = rollout_pieces(cfg, model, prompts_for_step, decode, pool.score, eos, pad)
+    if supervised:
+      local = lambda step: tuple(list(x)[process_slice(cfg.rollout.prompts_per_step)] for x in prompts_for_step(step))
+      encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+      build, transfer = supervised_batch.make_build_batch(local, encode, cfg.rollout, eos[0], pad), rollout.copy_params
+    else:
+      build, transfer = rollout_pieces(cfg, model, prompts_for_step, decode, pool.score, eos, pad)
     evaluate = make_evaluate(cfg, model, tokenizer, pool.score, transfer)
     return trainer.train(cfg, mesh, model, build, transfer=transfer, evaluate=evaluate)

@@ -4,7 +4,7 @@ Each point runs `train.py` in its own process (a crash in one run leaves the oth
 starts from a clean JAX state). A point whose directory holds `DONE_NAME` is skipped; an unfinished one is
 launched again and train.py resumes it from its last checkpoint. A failed run does not stop the others.
 
-The summary reads each run's metrics.jsonl: final and best eval accuracy, final reward, and stability flags
+The summary reads each run's metrics.jsonl: final and best eval greedy accuracy (of the first eval set), final reward, and stability flags
 (`collapse`: the final accuracy fell more than `collapse_drop` below the run's best; `nonfinite`: the run
 skipped non-finite updates), written as results.md and results.csv, and plotted as accuracy and
 balance/neg_pos_ratio against step, one line per run, one panel per value of the facet key.
@@ -21,9 +21,9 @@ import sys
 from typing import Any, Sequence
 
 from asympo_jax.metrics import JSONL_NAME, read_jsonl
+from asympo_jax.pipeline import accuracy_keys
 
 DONE_NAME = "sweep_done.json"
-ACCURACY = "eval/accuracy"
 REWARD = "reward/mean"
 RATIO = "balance/neg_pos_ratio"
 SKIPPED = "optim/skipped_updates"
@@ -65,9 +65,14 @@ def _last(records: list[dict[str, Any]], key: str) -> float:
   return values[-1] if values else math.nan
 
 
+def _records(workdir: str) -> list[dict[str, Any]]:
+  return read_jsonl(workdir) if os.path.exists(os.path.join(workdir, JSONL_NAME)) else []
+
+
 def summarize_run(workdir: str, collapse_drop: float) -> dict[str, Any]:
-  records = read_jsonl(workdir) if os.path.exists(os.path.join(workdir, JSONL_NAME)) else []
-  accuracies = [r[ACCURACY] for r in records if ACCURACY in r]
+  records = _records(workdir)
+  key = (accuracy_keys(records) or [None])[0]
+  accuracies = [r[key] for r in records if key in r]
   final, best = (accuracies[-1], max(accuracies)) if accuracies else (math.nan, math.nan)
   return {
       "final_accuracy": final,
@@ -105,14 +110,14 @@ def plot_curves(runs: dict[str, str], points: dict[str, dict[str, str]], facet: 
 
   facets = sorted({points[n].get(facet, "") for n in runs}, key=_numeric_first) if facet else [""]
   written = []
-  for key, file in ((ACCURACY, "accuracy.png"), (RATIO, "neg_pos_ratio.png")):
+  accuracy = (accuracy_keys([r for n in runs for r in _records(runs[n])]) or ["eval/greedy_accuracy"])[0]
+  for key, file in ((accuracy, "accuracy.png"), (RATIO, "neg_pos_ratio.png")):
     fig, axes = plt.subplots(1, len(facets), figsize=(4.5 * len(facets), 3.6), squeeze=False, sharey=True)
     for ax, value in zip(axes[0], facets):
       for name, workdir in runs.items():
         if facet and points[name].get(facet) != value:
           continue
-        path = os.path.join(workdir, JSONL_NAME)
-        records = [r for r in read_jsonl(workdir) if key in r] if os.path.exists(path) else []
+        records = [r for r in _records(workdir) if key in r]
         label = run_name({k: v for k, v in points[name].items() if k != facet})
         ax.plot([r["step"] for r in records], [r[key] for r in records], marker=".", label=label or name)
       ax.set_title(f"{facet} = {value}" if facet else key)

@@ -11,11 +11,14 @@ from typing import Callable, Sequence
 import jax
 import ml_collections
 
-from asympo_jax import checkpoint, data, evaluation, metrics, objectives, optim, rollout, sampler, sharding
+from asympo_jax import (checkpoint, data, evaluation, metrics, model_config, objectives, optim, pipeline, rollout,
+                        sampler, sharding)
 from asympo_jax.config import check, validate_keys
 
 # Section validators, each given the whole config.
 SECTIONS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
+    "model": lambda c: model_config.validate(c.model),
+    "pipeline": pipeline.validate,
     "data": data.validate,
     "objective": objectives.validate,
     "rollout": lambda c: rollout.validate(c.rollout),
@@ -32,7 +35,8 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
   check(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
   check(t.micro_batches >= 1, "train.micro_batches", f"must be >= 1, got {t.micro_batches}")
   check(t.logprob_chunk >= 0, "train.logprob_chunk", f"must be >= 0 (0: direct), got {t.logprob_chunk}")
-  check(cfg.rollout.group_size >= 2, "rollout.group_size",
+  check(cfg.rollout.group_size >= 2 or not objectives.OBJECTIVES[cfg.objective.name].uses_advantages,
+        "rollout.group_size",
         f"must be >= 2 (group-relative advantages need two samples), got {cfg.rollout.group_size}")
 
 

@@ -22,7 +22,7 @@ FAKE_TRAIN = textwrap.dedent('''
     accs = [0.2, 0.6, 0.3] if lr > 1 else [0.2, 0.4, 0.5]
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         for step, acc in enumerate(accs):
-            f.write(json.dumps({"step": step, "eval/accuracy": acc, "reward/mean": acc / 2,
+            f.write(json.dumps({"step": step, "eval/task/greedy_accuracy": acc, "reward/mean": acc / 2,
                                 "balance/neg_pos_ratio": 1.0 + step}) + "\\n")
 ''')
 

@@ -14,6 +14,7 @@ from asympo_jax.config import base_config
 def get_config():
   c = base_config()
   c.rollout.prompts_per_step, c.rollout.group_size = 2, 4
+  c.model.scratch = "tiny"
   c.workdir = {workdir!r}
   {extra}
   return c
@@ -46,7 +47,7 @@ def test_tiny_run_end_to_end(tmp_path):
   model_dir = tmp_path / "model"
   scratch.build(str(model_dir), "tiny", ["What is 3 + 4? The answer is \\boxed{7}."] * 50, seed=0)
   extra = "\n  ".join([
-      f"c.model.hf_path = {str(model_dir)!r}", "c.data.train = 'gym:basic_arithmetic?size=50&seed=1'",
+      f"c.model.hf_path = {str(model_dir)!r}", "c.model.scratch = ''", "c.data.train = 'gym:basic_arithmetic?size=50&seed=1'",
       "c.data.eval = 'gym:basic_arithmetic?size=4&seed=2'", "c.eval.every = 2", "c.eval.batch_size = 4",
       "c.rollout.max_prompt_len = 64", "c.rollout.max_new_tokens = 8", "c.train.steps = 2",
       "c.rollout.staleness = 1", "c.metrics.progress_bar = False"])

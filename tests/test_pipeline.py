@@ -1,0 +1,49 @@
+"""The pipeline's pieces: the warm-start run's config and the RL summary."""
+import json
+
+import jax
+import pytest
+
+from asympo_jax import pipeline, validation
+from asympo_jax.config import base_config
+
+
+@pytest.fixture
+def cfg(tmp_path):
+  c = base_config()
+  c.workdir = str(tmp_path / "run")
+  c.model.scratch = "tiny"
+  c.data.train = "gym:chain_sum?size=20&seed=1"
+  c.rollout.prompts_per_step, c.rollout.group_size, c.rollout.staleness = 4, 4, 2
+  c.warm_start.steps, c.warm_start.lr, c.warm_start.warmup_steps = 30, 3e-3, 5
+  c.objective.kl_coef = 0.1
+  c.eval.every = 5
+  return c
+
+
+def test_warm_start_config(cfg, tmp_path):
+  hf = tmp_path / "hf"
+  hf.mkdir()
+  (hf / "config.json").write_text("{}")
+  w = pipeline.warm_start_config(cfg, str(hf))
+  assert w.workdir == cfg.workdir + "/warm_start"
+  assert (w.model.hf_path, w.model.scratch) == (str(hf), "")
+  assert (w.objective.name, w.objective.kl_coef) == ("nll", 0.0)
+  assert (w.train.steps, w.optim.lr, w.optim.warmup_steps) == (30, 3e-3, 5)
+  assert (w.rollout.prompts_per_step, w.rollout.group_size, w.rollout.staleness) == (16, 1, 0)
+  assert (w.eval.every, w.warm_start.steps) == (0, 0)
+  assert cfg.objective.name == "asympo" and cfg.rollout.group_size == 4  # the RL config is untouched
+  validation.validate(w, jax.devices())
+
+
+def test_summary_states_start_end_and_gain(tmp_path):
+  key = "eval/task/greedy_accuracy"
+  records = [{"step": 0, key: 0.4}, {"step": 1, "reward/mean": 0.3}, {"step": 5, key: 0.7},
+             {"step": 10, key: 0.55, "reward/mean": 0.5}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  summary = pipeline.summarize(str(tmp_path))
+  s = summary["eval"][key]
+  assert (s["start_step"], s["start"], s["end_step"], s["end"], s["best"]) == (0, 0.4, 10, 0.55, 0.7)
+  assert s["gain_points"] == pytest.approx(15.0)
+  assert json.loads((tmp_path / "summary.json").read_text()) == summary
+  assert "40.0% at step 0 -> 55.0% at step 10 (+15.0 points; best 70.0%)" in pipeline.describe(summary)

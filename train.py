@@ -17,6 +17,7 @@ def main(argv):
   cfg = _CONFIG.value
   run.initialize_distributed(cfg.distributed)
   validation.validate(cfg, jax.devices())
+  pipeline.validate(cfg)
   result = pipeline.run_all(cfg)
   logging.info("%s after %d steps: %s", "stopped" if result.stopped_by_signal else "finished", result.step,
                cfg.workdir)

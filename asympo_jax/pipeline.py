@@ -31,13 +31,15 @@ TOKENIZER_TEXTS = 4000  # training problems the scratch tokenizer is fitted on
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
+  """The checks of train.py's run beyond validation.validate (which also serves runs whose model is built in
+  code): where the model comes from, and the warm start."""
   check(bool(cfg.model.hf_path) != bool(cfg.model.scratch), "model.hf_path",
         "set exactly one of model.hf_path (a Hugging Face directory) and model.scratch (a size to build)")
   check(not cfg.model.scratch or cfg.model.scratch in scratch.SIZES, "model.scratch",
         f"unknown size {cfg.model.scratch!r}; known: {sorted(scratch.SIZES)}")
   w = cfg.warm_start
   check(isinstance(w.steps, int) and w.steps >= 0, "warm_start.steps", f"must be an integer >= 0, got {w.steps!r}")
-  check(w.lr > 0, "warm_start.lr", f"must be > 0, got {w.lr}")
+  check(w.steps == 0 or w.lr > 0, "warm_start.lr", f"must be > 0, got {w.lr}")
   check(w.steps == 0 or 0 <= w.warmup_steps <= w.steps, "warm_start.warmup_steps",
         f"must be in [0, warm_start.steps={w.steps}], got {w.warmup_steps}")
 

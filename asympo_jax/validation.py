@@ -11,14 +11,13 @@ from typing import Callable, Sequence
 import jax
 import ml_collections
 
-from asympo_jax import (checkpoint, data, evaluation, metrics, model_config, objectives, optim, pipeline, rollout,
-                        sampler, sharding)
+from asympo_jax import (checkpoint, data, evaluation, metrics, model_config, objectives, optim, rollout, sampler,
+                        sharding)
 from asympo_jax.config import check, validate_keys
 
 # Section validators, each given the whole config.
 SECTIONS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "model": lambda c: model_config.validate(c.model),
-    "pipeline": pipeline.validate,
     "data": data.validate,
     "objective": objectives.validate,
     "rollout": lambda c: rollout.validate(c.rollout),

@@ -5,7 +5,7 @@ import jax
 import pytest
 
 from asympo_jax import pipeline, validation
-from asympo_jax.config import base_config
+from asympo_jax.config import ConfigError, base_config
 
 
 @pytest.fixture
@@ -47,3 +47,22 @@ def test_summary_states_start_end_and_gain(tmp_path):
   assert s["gain_points"] == pytest.approx(15.0)
   assert json.loads((tmp_path / "summary.json").read_text()) == summary
   assert "40.0% at step 0 -> 55.0% at step 10 (+15.0 points; best 70.0%)" in pipeline.describe(summary)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"model.scratch": ""}, "model.hf_path"),  # no model at all
+    ({"model.hf_path": "/some/dir"}, "model.hf_path"),  # two models
+    ({"model.scratch": "huge"}, "model.scratch"),
+    ({"warm_start.steps": -1}, "warm_start.steps"),
+    ({"warm_start.lr": 0.0}, "warm_start.lr"),
+    ({"warm_start.warmup_steps": 31}, "warm_start.warmup_steps"),
+])
+def test_bad_pipeline_values_name_the_key(cfg, overrides, key):
+  for dotted, value in overrides.items():
+    section, name = dotted.split(".")
+    cfg[section][name] = value
+  with pytest.raises(ConfigError, match=f"config.{key}"):
+    pipeline.validate(cfg)
+  cfg.warm_start.steps = 0  # turning the warm start off needs no other change
+  if key.startswith("warm_start"):
+    pipeline.validate(cfg)

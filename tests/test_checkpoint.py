@@ -3,6 +3,7 @@ import os
 import signal
 
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -39,12 +40,14 @@ def test_round_trip_keep_n_and_resharding(tmp_path):
   assert sorted(os.listdir(ckpt.directory)) == ["2", "3"]
 
 
-def test_stop_signals_set_the_flag_instead_of_killing():
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signals_set_the_flag_instead_of_killing(sig):
+  before = signal.getsignal(sig)
   stop = checkpoint.StopSignals()
   try:
     assert not stop.is_set()
-    signal.raise_signal(signal.SIGTERM)
-    assert stop.is_set() and stop.received == signal.SIGTERM
+    signal.raise_signal(sig)
+    assert stop.is_set() and stop.received == sig
   finally:
     stop.restore()
-  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  assert signal.getsignal(sig) is before

@@ -79,22 +79,22 @@ def _sign_part(x: objectives.Inputs, sign: float) -> objectives.Inputs:
 def micro_batch_loss(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, rest: nnx.State,
                      params: nnx.State, mb: Batch, denoms: dict[str, jax.Array],
                      ref_params: nnx.State | None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """One micro-batch's share of the full-batch loss, and its additive metrics."""
+  """One micro-batch's share of the full-batch loss, and its additive metrics.
+
+  With objective.split_grad_norms the loss is a vector [total, positive part, negative part] (the policy
+  loss of the positive- and negative-advantage responses), so one forward serves three backward passes.
+  """
   chunk = cfg.train.logprob_chunk
   lp_BxT, ent_BxT = policy_logprobs(graphdef, params, rest, mb, chunk)
   ref_BxT = None
   if ref_params is not None:
     ref_BxT = jax.lax.stop_gradient(policy_logprobs(graphdef, ref_params, rest, mb, chunk)[0])
-  return objectives.loss_and_metrics(cfg.objective, _inputs(cfg, lp_BxT, ent_BxT, mb, ref_BxT), denoms)
-
-
-def _side_grads(cfg, graphdef, rest, params, mb, denoms):
-  """Gradients of the positive-advantage and negative-advantage parts of the policy loss."""
-  def part(p, sign):
-    lp_BxT, ent_BxT = policy_logprobs(graphdef, p, rest, mb, cfg.train.logprob_chunk)
-    x = _inputs(cfg, lp_BxT, ent_BxT, mb, None)
-    return objectives.policy_loss(cfg.objective, _sign_part(x, sign), denoms)
-  return jax.grad(part)(params, 1.0), jax.grad(part)(params, -1.0)
+  x = _inputs(cfg, lp_BxT, ent_BxT, mb, ref_BxT)
+  loss, metrics = objectives.loss_and_metrics(cfg.objective, x, denoms)
+  if cfg.objective.split_grad_norms:
+    loss = jnp.stack([loss] + [objectives.policy_loss(cfg.objective, _sign_part(x, sign), denoms)
+                               for sign in (1.0, -1.0)])
+  return loss, metrics
 
 
 def split_micro_batches(batch: Batch, num: int) -> Batch:
@@ -116,10 +116,12 @@ def loss_and_grads(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, rest:
   want_sides = cfg.objective.split_grad_norms
 
   def one(mb):
-    (loss, metrics), grads = jax.value_and_grad(micro_batch_loss, argnums=3, has_aux=True)(
-        cfg, graphdef, rest, params, mb, denoms, ref_params)
-    sides = _side_grads(cfg, graphdef, rest, params, mb, denoms) if want_sides else ()
-    return loss, grads, metrics, sides
+    losses, backward, metrics = jax.vjp(
+        lambda p: micro_batch_loss(cfg, graphdef, rest, p, mb, denoms, ref_params), params, has_aux=True)
+    if not want_sides:
+      return losses, backward(jnp.ones_like(losses))[0], metrics, ()
+    grads, pos, neg = (backward(jax.nn.one_hot(i, 3, dtype=losses.dtype))[0] for i in range(3))
+    return losses[0], grads, metrics, (pos, neg)
 
   pin = (lambda t: t) if grad_shardings is None else (
       lambda t: jax.lax.with_sharding_constraint(t, grad_shardings))

@@ -114,3 +114,25 @@ def test_nonfinite_gradient_skips_the_update():
   assert not np.isfinite(metrics["loss"])
   assert float(metrics["optim/skipped_updates"]) == 1
   _assert_trees_close(state.params, before, rtol=0, atol=0)
+
+
+def test_split_grad_norms_are_the_norms_of_each_side():
+  # For spo the positive part's gradient is the loss gradient with negative responses masked out
+  # (N counts responses, so masking changes no denominator), and the same for the negative part.
+  cfg = tiny_config(**{"objective.name": "spo", "objective.split_grad_norms": True, "train.micro_batches": 2})
+  plain = tiny_config(**{"objective.name": "spo"})
+  graphdef, params, rest = nnx.split(tiny_model(), nnx.Param, ...)
+  batch = synthetic_batch(cfg, seed=4)
+  adv = np.asarray(objectives.group_advantages(batch["rewards"], cfg.rollout.group_size, True))
+  assert (adv > 0).any() and (adv < 0).any()
+  masked = [{**batch, "loss_mask": batch["loss_mask"] * keep[:, None]} for keep in (adv > 0, adv < 0)]
+
+  @jax.jit
+  def run(params):
+    _, _, metrics = train_step.loss_and_grads(cfg, graphdef, rest, params, batch)
+    sides = [optax.tree.norm(train_step.loss_and_grads(plain, graphdef, rest, params, b)[1]) for b in masked]
+    return metrics, sides
+
+  metrics, (pos, neg) = run(params)
+  np.testing.assert_allclose(metrics["grad_norm/pos"], pos, rtol=1e-5)
+  np.testing.assert_allclose(metrics["grad_norm/neg"], neg, rtol=1e-5)

@@ -54,7 +54,9 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, cache):
   whole = _finish(_start(tmp_path / "whole", 2, *args, cache=cache))
   assert whole[1:] == [str(2 * s), "False"]
 
-  proc = _start(tmp_path / "cut", 2, *args, cache=cache)
+  # The interrupted run also checkpoints every 2 steps: taking batches out early must change nothing.
+  cut_args = [*args, "checkpoint.every=2"]
+  proc = _start(tmp_path / "cut", 2, *cut_args, cache=cache)
   deadline = time.time() + 300
   while _steps_logged(tmp_path / "cut") < s:
     assert proc.poll() is None and time.time() < deadline
@@ -62,9 +64,9 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, cache):
   proc.send_signal(signal.SIGTERM)
   stopped = _finish(proc)
   assert stopped[2] == "True" and s <= int(stopped[1]) < 2 * s, stopped
-  assert os.listdir(tmp_path / "cut" / "checkpoints") == [stopped[1]]
+  assert stopped[1] in os.listdir(tmp_path / "cut" / "checkpoints")
 
-  resumed = _finish(_start(tmp_path / "cut", 2, *args, cache=cache))
+  resumed = _finish(_start(tmp_path / "cut", 2, *cut_args, cache=cache))
   assert resumed[1:] == [str(2 * s), "False"]
   want, got = _params(tmp_path / "whole"), _params(tmp_path / "cut")
   assert want.keys() == got.keys()

@@ -18,7 +18,6 @@ from typing import Any
 
 import jax
 import ml_collections
-from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -145,7 +144,5 @@ def run_all(cfg: ml_collections.ConfigDict) -> trainer.Result:
     rl.model.hf_path, rl.model.scratch = hf_path, ""
   result = run.run(rl)
   if not result.stopped_by_signal and jax.process_index() == 0 and cfg.eval.every:
-    text = describe(summarize(cfg.workdir))
-    logging.info("%s", text)
-    print(text, flush=True)
+    print(describe(summarize(cfg.workdir)), flush=True)
   return result

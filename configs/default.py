@@ -28,7 +28,7 @@ def get_config():
   c.data.eval = TASK + "&size=200&seed=2"
   c.data.template = "bare"
 
-  c.warm_start.steps = 150
+  c.warm_start.steps = 100  # ~35% greedy accuracy at the start of RL: room to improve, signal in every group
   c.warm_start.lr = 3e-3
   c.warm_start.warmup_steps = 20
 
@@ -41,7 +41,7 @@ def get_config():
   c.rollout.temperature = 1.0
 
   c.objective.name = "asympo"
-  c.optim.lr = 5e-4
+  c.optim.lr = 3e-5  # 5e-4 collapsed the warm-started policy (76% -> 21% in 10 steps), 1e-4 only wandered
   c.optim.clip_norm = 1.0
   c.train.steps = 60
 

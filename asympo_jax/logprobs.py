@@ -17,7 +17,10 @@ Array = jax.Array
 
 def _score(hidden_BxTxD: Array, unembed_DxV: Array, targets_BxT: Array) -> tuple[Array, Array]:
   """Log-prob of each target and the entropy of each predictive distribution, [B, T] each."""
-  logits_BxTxV = jnp.einsum("btd,dv->btv", hidden_BxTxD.astype(jnp.float32), unembed_DxV.astype(jnp.float32))
+  B, T, D = hidden_BxTxD.shape
+  # A 2-D matmul: the 3-D einsum made XLA:CPU transpose the [B*T, V] logits gradient for the weight gradient.
+  logits_BxTxV = (hidden_BxTxD.astype(jnp.float32).reshape(B * T, D)
+                  @ unembed_DxV.astype(jnp.float32)).reshape(B, T, -1)
   logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
   target_lp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
   entropy_BxT = -(jnp.exp(logp_BxTxV) * logp_BxTxV).sum(axis=-1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from typing import Any, Callable, Sequence
 
 import ml_collections
@@ -110,7 +111,8 @@ def plot(records: Sequence[dict[str, Any]], benchmark: str, path: str) -> None:
     for run in runs:
       points = sorted((r["step"], r[metric]) for r in records if r["run"] == run and metric in r)
       ax.plot([s for s, _ in points], [v for _, v in points], marker="o", label=run)
-    ax.set_title(f"{benchmark}: {metric}")
+    # Dataset specs can be long (gym options): wrap them to the panel's width instead of cutting them off.
+    ax.set_title(textwrap.fill(f"{benchmark}: {metric}", 48), fontsize=8)
     ax.set_xlabel("training step")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)

@@ -154,9 +154,9 @@ def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
   Returns the new hidden states and the updated stacked (k, v) buffers (None without a cache).
   """
   x = rms_norm(h_BxTxD, p["input_norm"], cfg.rms_norm_eps)
-  q = _proj(x, p["q"], p.get("q_bias"), "btd,dnh->btnh")
-  k = _proj(x, p["k"], p.get("k_bias"), "btd,dnh->btnh")
-  v = _proj(x, p["v"], p.get("v_bias"), "btd,dnh->btnh")
+  q = _proj(x, p["q"], p.get("q_bias"))
+  k = _proj(x, p["k"], p.get("k_bias"))
+  v = _proj(x, p["v"], p.get("v_bias"))
   if cfg.qk_norm:
     q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
     k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
@@ -169,18 +169,24 @@ def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
     new_kv = (kvc.write(k_cache, k, layer, index), kvc.write(v_cache, v, layer, index))
     k, v = new_kv[0][layer], new_kv[1][layer]
   attn = attention(q, k, v, attn_mask_BxTxS)
-  h_BxTxD = h_BxTxD + _proj(attn, p["o"], p.get("o_bias"), "btnh,nhd->btd")
+  h_BxTxD = h_BxTxD + _proj(attn, p["o"], p.get("o_bias"))
   h_BxTxD = constrain(h_BxTxD, ("act_batch", "act_seq", "act_embed"))
   x = rms_norm(h_BxTxD, p["post_norm"], cfg.rms_norm_eps)
-  gate = _proj(x, p["gate"], p.get("gate_bias"), "btd,df->btf")
-  up = _proj(x, p["up"], p.get("up_bias"), "btd,df->btf")
+  gate = _proj(x, p["gate"], p.get("gate_bias"))
+  up = _proj(x, p["up"], p.get("up_bias"))
   hidden = constrain(jax.nn.silu(gate) * up, ("act_batch", "act_seq", "act_mlp"))
-  h_BxTxD = h_BxTxD + _proj(hidden, p["down"], p.get("down_bias"), "btf,fd->btd")
+  h_BxTxD = h_BxTxD + _proj(hidden, p["down"], p.get("down_bias"))
   return constrain(h_BxTxD, ("act_batch", "act_seq", "act_embed")), new_kv
 
 
-def _proj(x: jax.Array, w: jax.Array, b: jax.Array | None, spec: str) -> jax.Array:
-  y = jnp.einsum(spec, x, w)
+def _proj(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+  """x [B, T, *c] contracted over its trailing dims c with the leading dims of w [*c, *o] -> [B, T, *o].
+
+  As one 2-D matmul: with 3-D einsums XLA:CPU wrote the activation gradients transposed for the weight
+  gradients (slow strided copies), which the 2-D form avoids.
+  """
+  contracted = math.prod(x.shape[2:])
+  y = (x.reshape(-1, contracted) @ w.reshape(contracted, -1)).reshape(*x.shape[:2], *w.shape[x.ndim - 2:])
   return y if b is None else y + b
 
 

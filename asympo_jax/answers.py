@@ -6,6 +6,7 @@ hostile 1 MB output costs one scan, never a quadratic search.
 """
 from __future__ import annotations
 
+import collections
 import re
 
 BOXED_COMMANDS = ("\\boxed", "\\fbox")
@@ -52,10 +53,8 @@ def gsm8k_final(text: str, max_chars: int = 1000) -> str | None:
 
 def final_number(text: str) -> str | None:
   """The last number in the text (thousands separators kept; math-verify reads them)."""
-  last = None
-  for last in _NUMBER.finditer(text):
-    pass
-  return last.group(0) if last else None
+  last = collections.deque(_NUMBER.finditer(text), maxlen=1)  # keeps only the last match of a long text
+  return last[0].group(0) if last else None
 
 
 def extract_answer(text: str, max_chars: int = 1000) -> str | None:

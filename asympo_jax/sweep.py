@@ -69,8 +69,8 @@ def _records(workdir: str) -> list[dict[str, Any]]:
   return read_jsonl(workdir) if os.path.exists(os.path.join(workdir, JSONL_NAME)) else []
 
 
-def summarize_run(workdir: str, collapse_drop: float) -> dict[str, Any]:
-  records = _records(workdir)
+def summarize_run(records: list[dict[str, Any]], collapse_drop: float) -> dict[str, Any]:
+  """One run's table row from its metrics records."""
   key = (accuracy_keys(records) or [None])[0]
   accuracies = [r[key] for r in records if key in r]
   final, best = (accuracies[-1], max(accuracies)) if accuracies else (math.nan, math.nan)
@@ -101,23 +101,24 @@ def write_table(rows: list[dict[str, Any]], out_dir: str) -> None:
     f.write("\n".join(lines) + "\n")
 
 
-def plot_curves(runs: dict[str, str], points: dict[str, dict[str, str]], facet: str | None, out_dir: str,
-                caption: str) -> list[str]:
-  """accuracy.png and neg_pos_ratio.png: metric against step, a line per run, a panel per facet value."""
+def plot_curves(runs: dict[str, list[dict[str, Any]]], points: dict[str, dict[str, str]], facet: str | None,
+                out_dir: str, caption: str) -> list[str]:
+  """accuracy.png and neg_pos_ratio.png from each run's metrics records: metric against step, a line per run,
+  a panel per facet value."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   facets = sorted({points[n].get(facet, "") for n in runs}, key=_numeric_first) if facet else [""]
   written = []
-  accuracy = (accuracy_keys([r for n in runs for r in _records(runs[n])]) or ["eval/greedy_accuracy"])[0]
+  accuracy = (accuracy_keys([r for records in runs.values() for r in records]) or ["eval/greedy_accuracy"])[0]
   for key, file in ((accuracy, "accuracy.png"), (RATIO, "neg_pos_ratio.png")):
     fig, axes = plt.subplots(1, len(facets), figsize=(4.5 * len(facets), 3.6), squeeze=False, sharey=True)
     for ax, value in zip(axes[0], facets):
-      for name, workdir in runs.items():
+      for name, run_records in runs.items():
         if facet and points[name].get(facet) != value:
           continue
-        records = [r for r in _records(workdir) if key in r]
+        records = [r for r in run_records if key in r]
         label = run_name({k: v for k, v in points[name].items() if k != facet})
         ax.plot([r["step"] for r in records], [r[key] for r in records], marker=".", label=label or name)
       ax.set_title(f"{facet} = {value}" if facet else key)
@@ -148,12 +149,13 @@ def sweep(train_py: str, config: str, axes: Sequence[tuple[str, list[str]]], roo
   runs = {name: os.path.join(root, name) for name in points}
   # A failed run does not stop the others; the sweep reports it in the table and raises at the end.
   ok = {name: run_point(train_py, config, point, runs[name], extra) for name, point in points.items()}
+  records = {name: _records(runs[name]) for name in points}  # each run's metrics.jsonl, read once
   rows = [{"run": name, **points[name], "status": "done" if ok[name] else "failed",
-           **summarize_run(runs[name], collapse_drop)} for name in points]
+           **summarize_run(records[name], collapse_drop)} for name in points]
   write_table(rows, root)
   command = " ".join(["python sweep.py", f"--config={config}", *(f"--grid={k}={','.join(v)}" for k, v in axes),
                       f"--root={root}", *extra])
-  plot_curves(runs, points, facet, root, caption=command)
+  plot_curves(records, points, facet, root, caption=command)
   failed = [name for name in points if not ok[name]]
   if failed:
     raise RuntimeError(f"{len(failed)} run(s) failed: {failed}; run the sweep again to retry them")

@@ -46,6 +46,17 @@ def process_slice(num_prompts: int) -> slice:
   return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
 
 
+def process_prompts(prompts_for_step: rollout_batch.PromptsFn, num_prompts: int) -> rollout_batch.PromptsFn:
+  """`prompts_for_step` restricted to this process's slice of the step's prompts (and their targets)."""
+  mine = process_slice(num_prompts)
+
+  def local_prompts(step: int):
+    ids, targets = prompts_for_step(step)
+    return list(ids)[mine], list(targets)[mine]
+
+  return local_prompts
+
+
 def rollout_pieces(cfg: ml_collections.ConfigDict, model: Decoder, prompts_for_step: rollout_batch.PromptsFn,
                    decode: Callable[[Sequence[int]], str], reward_fn: rollout_batch.RewardFn,
                    eos_ids: Sequence[int], pad_id: int) -> tuple[rollout.BuildFn, Callable[[Any], Any]]:
@@ -68,10 +79,7 @@ def rollout_pieces(cfg: ml_collections.ConfigDict, model: Decoder, prompts_for_s
         targets = sharding.state_shardings(params, mesh)
       return jax.device_put(multihost_utils.process_allgather(params, tiled=True), targets)
 
-  def local_prompts(step: int):
-    ids, targets_ = prompts_for_step(step)
-    return list(ids)[mine], list(targets_)[mine]
-
+  local_prompts = process_prompts(prompts_for_step, cfg.rollout.prompts_per_step)
   build = rollout_batch.make_build_batch(smp, local_prompts, decode, reward_fn, cfg.seed,
                                          prompt_ids_for_step=lambda step: range(mine.start, mine.stop))
   return build, transfer
@@ -128,9 +136,10 @@ def run(cfg: ml_collections.ConfigDict, supervised: bool = False) -> trainer.Res
   decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
   with rewards.RewardPool(cfg.data.reward_workers, cfg.data.reward_timeout_s) as pool:
     if supervised:
-      local = lambda step: tuple(list(x)[process_slice(cfg.rollout.prompts_per_step)] for x in prompts_for_step(step))
+      local_prompts = process_prompts(prompts_for_step, cfg.rollout.prompts_per_step)
       encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
-      build, transfer = supervised_batch.make_build_batch(local, encode, cfg.rollout, eos[0], pad), rollout.copy_params
+      build = supervised_batch.make_build_batch(local_prompts, encode, cfg.rollout, eos[0], pad)
+      transfer = rollout.copy_params
     else:
       build, transfer = rollout_pieces(cfg, model, prompts_for_step, decode, pool.score, eos, pad)
     evaluate = make_evaluate(cfg, model, tokenizer, pool.score, transfer)

@@ -12,7 +12,7 @@ Per k it prints the means over the timed steps (after one warm-up step that comp
   step        learner wall time per step (= train + wait + publish)
   hidden      the share of generation the learner did not wait for: 1 - wait / generate
 
-    PYTHONPATH=. python benchmarks/async_overlap.py [--steps 6] [--config tiny]
+    python -m benchmarks.async_overlap.py [--steps 6] [--config tiny]
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-import models
 from asympo_jax import config as config_lib
+from benchmarks import workloads
 from asympo_jax import hf_io, optim, sampler, train_step
 from asympo_jax.rollout import RolloutGenerator
 from asympo_jax.rollout_batch import make_build_batch
@@ -86,7 +86,7 @@ def main() -> None:
         f"JAX {jax.__version__}; model {args.config}; {PROMPTS} prompts x {GROUP} responses, "
         f"{PROMPT_LEN} + {NEW_TOKENS} tokens; means over {args.steps} steps after one warm-up step")
   with tempfile.TemporaryDirectory() as path:
-    models.write_checkpoint(args.config, path)
+    workloads.write_checkpoint(args.config, path)
     print(f"{'k':>2} {'generate s':>11} {'train s':>8} {'wait s':>7} {'step s':>7} {'hidden':>7}")
     for k in (0, 1, 2):
       r = run(path, k, args.steps)

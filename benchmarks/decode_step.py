@@ -1,6 +1,6 @@
 """Time of one KV-cache decode step and of a full forward for the DESIGN §3 models (random init, float32).
 
-    python benchmarks/decode_step.py --size tiny --scan_layers
+    python -m benchmarks.decode_step --size tiny --scan_layers
 
 Workload (DESIGN §3): batch 64, cache of 32 prompt + 64 new tokens; forward over 96 tokens.
 """

@@ -3,7 +3,7 @@
 Prints XLA's buffer assignment for the compiled gradient (arguments + outputs + temporaries), which is
 what the device must hold at once. Compiles only; add --run to also execute both on this machine.
 
-    python benchmarks/logprob_memory.py [--run]
+    python -m benchmarks.logprob_memory [--run]
 """
 import argparse
 import time

@@ -1,19 +1,15 @@
 """Reward scoring throughput: answers/s of RewardPool on gold solutions and on outputs that need sympy.
 
-    python benchmarks/reward_throughput.py [--workers 2] [--repeats 3]
+    python -m benchmarks.reward_throughput [--workers 2] [--repeats 3]
 
 Prints, for the 1819 gold solutions of gsm8k_test + math500_test (mostly verbatim answers: the string fast
 path) and for the same answers rewritten in another form (1,000 / 0.5 / x=3 style, so math-verify's sympy
 path runs), the best-of-N wall time and answers per second. Pool start-up is excluded.
 """
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from asympo_jax import data, rewards  # noqa: E402
+from asympo_jax import data, rewards
 
 
 def main() -> None:

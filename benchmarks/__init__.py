@@ -1,0 +1,1 @@
+"""Performance scripts that print numbers; run from the repository root as `python -m benchmarks.<name>`."""

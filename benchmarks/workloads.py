@@ -1,0 +1,114 @@
+"""DESIGN §3 benchmark workloads: model sizes, inputs, FLOP counts, the matmul peak, and the PyTorch reference.
+
+The reference (transformers on PyTorch) always runs in its own process, `python -m benchmarks.torch_reference`,
+because it slows down several-fold when it shares a process with JAX's CPU runtime. That script imports this
+module too, so nothing here starts JAX at import time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from asympo_jax import scratch
+
+# Generation: PROMPTS prompts of PROMPT_LEN tokens, NEW_TOKENS new tokens each, temperature 1, no early stop.
+PROMPTS, PROMPT_LEN, NEW_TOKENS = 64, 32, 64
+# Train step: B sequences of PROMPT + RESPONSE tokens, groups of G, one AdamW update.
+B, PROMPT, RESPONSE, G = 64, 32, 64, 8
+T = PROMPT + RESPONSE
+THREADS = 2  # this machine's cores; the reference gets as many threads as JAX has cores
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def hf_fields(size: str) -> dict[str, Any]:
+  """transformers.Qwen3Config fields of a DESIGN §3 size (tied embeddings)."""
+  c = scratch.SIZES[size]
+  return dict(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], num_hidden_layers=c["num_layers"],
+              num_attention_heads=c["num_heads"], num_key_value_heads=c["num_kv_heads"], head_dim=c["head_dim"],
+              intermediate_size=c["intermediate_size"], tie_word_embeddings=True, max_position_embeddings=4096,
+              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def generation_prompts(vocab: int) -> np.ndarray:
+  """[PROMPTS, PROMPT_LEN] int64 token ids, the same on both sides."""
+  return np.random.default_rng(0).integers(3, vocab, (PROMPTS, PROMPT_LEN))
+
+
+def train_batch(vocab: int) -> dict[str, np.ndarray]:
+  """The train-step batch as the trainer sees it: tokens_BxT, masks, rewards_B, policy_version_B."""
+  rng = np.random.default_rng(0)
+  loss_mask = np.zeros((B, T), np.float32)
+  loss_mask[:, PROMPT:] = 1.0
+  return {"tokens": rng.integers(0, vocab, (B, T)).astype(np.int32), "input_mask": np.ones((B, T), np.int32),
+          "loss_mask": loss_mask, "rewards": rng.integers(0, 2, (B,)).astype(np.float32),
+          "policy_version": np.zeros((B,), np.int32)}
+
+
+def _layer_weights(c: dict[str, int]) -> int:
+  d, h, k, hd, f = c["hidden_size"], c["num_heads"], c["num_kv_heads"], c["head_dim"], c["intermediate_size"]
+  return d * h * hd * 2 + d * k * hd * 2 + 3 * d * f
+
+
+def forward_flops_per_token(size: str, context: float) -> float:
+  """Matmul FLOPs of one token's forward pass: 2 * (layer weights + LM head) + attention against `context`
+  earlier tokens (QK^T and PV: 4 * heads * head_dim * context per layer)."""
+  c = scratch.SIZES[size]
+  return (2 * (c["num_layers"] * _layer_weights(c) + c["hidden_size"] * c["vocab_size"])
+          + 4 * c["num_layers"] * c["num_heads"] * c["head_dim"] * context)
+
+
+def train_step_flops(size: str) -> float:
+  """Matmul FLOPs of one train step, forward + backward = 3 x forward:
+  6 * B * T * (layer weights + D * V)  +  12 * layers * B * T^2 * heads * head_dim
+  (the LM head is counted; the second term is attention scores and values over the full T x T square)."""
+  c = scratch.SIZES[size]
+  return (6 * B * T * (c["num_layers"] * _layer_weights(c) + c["hidden_size"] * c["vocab_size"])
+          + 12 * c["num_layers"] * B * T * T * c["num_heads"] * c["head_dim"])
+
+
+def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+  """Best wall time of `repeats` calls of fn (which must block until its result is ready), after one warm-up
+  call (compilation)."""
+  fn()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+  """Best f32 FLOP/s of an n x n x n jnp matmul on the default JAX device."""
+  import jax  # here, not at module level: torch_reference.py imports this module and must not start JAX
+  import jax.numpy as jnp
+
+  x = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  return 2 * n**3 / best_seconds(lambda: f(x).block_until_ready(), repeats)
+
+
+def _reference(*args: str) -> str:
+  done = subprocess.run([sys.executable, "-m", "benchmarks.torch_reference", *args], cwd=_ROOT, capture_output=True,
+                        text=True)
+  if done.returncode != 0:
+    raise RuntimeError(f"torch_reference.py {' '.join(args)} failed:\n{done.stderr[-4000:]}")
+  return done.stdout
+
+
+def write_checkpoint(size: str, path: str) -> None:
+  """A random-init Qwen3 of `size` saved by transformers, so both sides read the very same weights."""
+  _reference("write", "--size", size, "--path", path)
+
+
+def reference_seconds(task: str, path: str, repeats: int) -> dict[str, Any]:
+  """Runs the PyTorch reference ("generate" or "train_step") on the checkpoint at `path` in its own process:
+  {"seconds": best of `repeats`, "threads", "torch", "matmul_peak_flops" (torch.mm, same process)}."""
+  return json.loads(_reference(task, "--path", path, "--repeats", str(repeats)).strip().splitlines()[-1])

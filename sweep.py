@@ -15,6 +15,7 @@ from asympo_jax import sweep
 flags.DEFINE_string("config", None, "config file for every run", required=True)
 flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,... (repeat for more axes)")
 flags.DEFINE_string("root", None, "directory that holds one run directory per grid point", required=True)
+flags.DEFINE_string("out", None, "directory for results.md/.csv and the plots (default: --root)")
 flags.DEFINE_string("facet", None, "grid key whose values get one plot panel each")
 flags.DEFINE_float("collapse_drop", 0.1, "a drop of final below best eval accuracy that flags a collapse")
 FLAGS = flags.FLAGS
@@ -27,10 +28,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {unknown}")
   axes = [sweep.parse_axis(a) for a in FLAGS.grid]
   train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
-  rows = sweep.sweep(train_py, FLAGS.config, axes, FLAGS.root, FLAGS.facet, FLAGS.collapse_drop, extra)
-  with open(os.path.join(FLAGS.root, "results.md")) as f:
+  rows = sweep.sweep(train_py, FLAGS.config, axes, FLAGS.root, FLAGS.facet, FLAGS.collapse_drop, extra, FLAGS.out)
+  out = FLAGS.out or FLAGS.root
+  with open(os.path.join(out, "results.md")) as f:
     sys.stdout.write(f.read())
-  print(f"{len(rows)} runs; table and plots in {FLAGS.root}")
+  print(f"{len(rows)} runs in {FLAGS.root}; table and plots in {out}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ Each point runs `train.py` in its own process (a crash in one run leaves the oth
 starts from a clean JAX state). A point whose directory holds `DONE_NAME` is skipped; an unfinished one is
 launched again and train.py resumes it from its last checkpoint. A failed run does not stop the others.
 
-The summary reads each run's metrics.jsonl: final and best eval greedy accuracy (of the first eval set), final reward, and stability flags
-(`collapse`: the final accuracy fell more than `collapse_drop` below the run's best; `nonfinite`: the run
-skipped non-finite updates), written as results.md and results.csv, and plotted as accuracy and
-balance/neg_pos_ratio against step, one line per run, one panel per value of the facet key.
+The summary reads each run's metrics.jsonl: final and best eval greedy accuracy (of the first eval set), final
+reward, and stability flags (`collapse`: the final accuracy fell more than `collapse_drop` below the run's
+best; `nonfinite`: the run skipped non-finite updates), written as results.md and results.csv, and plotted as
+accuracy, reward/mean and balance/neg_pos_ratio against step, one line per run, one panel per value of the
+facet key.
 """
 from __future__ import annotations
 
@@ -103,8 +104,8 @@ def write_table(rows: list[dict[str, Any]], out_dir: str) -> None:
 
 def plot_curves(runs: dict[str, list[dict[str, Any]]], points: dict[str, dict[str, str]], facet: str | None,
                 out_dir: str, caption: str) -> list[str]:
-  """accuracy.png and neg_pos_ratio.png from each run's metrics records: metric against step, a line per run,
-  a panel per facet value."""
+  """accuracy.png, reward.png and neg_pos_ratio.png from each run's metrics records: metric against step, a
+  line per run, a panel per facet value."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -112,7 +113,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], points: dict[str, dict[st
   facets = sorted({points[n].get(facet, "") for n in runs}, key=_numeric_first) if facet else [""]
   written = []
   accuracy = (accuracy_keys([r for records in runs.values() for r in records]) or ["eval/greedy_accuracy"])[0]
-  for key, file in ((accuracy, "accuracy.png"), (RATIO, "neg_pos_ratio.png")):
+  for key, file in ((accuracy, "accuracy.png"), (REWARD, "reward.png"), (RATIO, "neg_pos_ratio.png")):
     fig, axes = plt.subplots(1, len(facets), figsize=(4.5 * len(facets), 3.6), squeeze=False, sharey=True)
     for ax, value in zip(axes[0], facets):
       for name, run_records in runs.items():
@@ -142,9 +143,12 @@ def _numeric_first(v: str) -> tuple[int, float, str]:
 
 
 def sweep(train_py: str, config: str, axes: Sequence[tuple[str, list[str]]], root: str, facet: str | None = None,
-          collapse_drop: float = 0.1, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
-  """Runs (or resumes) every point of the grid under `root`, then writes the table and the plots there."""
+          collapse_drop: float = 0.1, extra: Sequence[str] = (), out_dir: str | None = None) -> list[dict[str, Any]]:
+  """Runs (or resumes) every point of the grid under `root`, then writes the table and the plots in `out_dir`
+  (default: `root`; a report keeps its figures apart from the run directories)."""
+  out_dir = out_dir or root
   os.makedirs(root, exist_ok=True)
+  os.makedirs(out_dir, exist_ok=True)
   points = {run_name(p): p for p in grid(axes)}
   runs = {name: os.path.join(root, name) for name in points}
   # A failed run does not stop the others; the sweep reports it in the table and raises at the end.
@@ -152,10 +156,11 @@ def sweep(train_py: str, config: str, axes: Sequence[tuple[str, list[str]]], roo
   records = {name: _records(runs[name]) for name in points}  # each run's metrics.jsonl, read once
   rows = [{"run": name, **points[name], "status": "done" if ok[name] else "failed",
            **summarize_run(records[name], collapse_drop)} for name in points]
-  write_table(rows, root)
+  write_table(rows, out_dir)
   command = " ".join(["python sweep.py", f"--config={config}", *(f"--grid={k}={','.join(v)}" for k, v in axes),
-                      f"--root={root}", *extra])
-  plot_curves(records, points, facet, root, caption=command)
+                      f"--root={root}", *([f"--facet={facet}"] if facet else []),
+                      *([f"--out={out_dir}"] if out_dir != root else []), *extra])
+  plot_curves(records, points, facet, out_dir, caption=command)
   failed = [name for name in points if not ok[name]]
   if failed:
     raise RuntimeError(f"{len(failed)} run(s) failed: {failed}; run the sweep again to retry them")

@@ -5,7 +5,7 @@ starts from a clean JAX state). A point whose directory holds `DONE_NAME` is ski
 launched again and train.py resumes it from its last checkpoint. A failed run does not stop the others.
 
 The summary reads each run's metrics.jsonl: final and best eval greedy accuracy (of the first eval set), final
-reward, and stability flags (`collapse`: the final accuracy fell more than `collapse_drop` below the run's
+reward, the means over steps of balance/neg_pos_ratio and offpolicy/kl (when recorded), and stability flags (`collapse`: the final accuracy fell more than `collapse_drop` below the run's
 best; `nonfinite`: the run skipped non-finite updates), written as results.md and results.csv, and plotted as
 accuracy, reward/mean and balance/neg_pos_ratio against step, one line per run, one panel per value of the
 facet key.
@@ -28,6 +28,7 @@ DONE_NAME = "sweep_done.json"
 REWARD = "reward/mean"
 RATIO = "balance/neg_pos_ratio"
 SKIPPED = "optim/skipped_updates"
+KL = "offpolicy/kl"  # logged only when the sampler records behaviour log-probs
 
 
 def parse_axis(text: str) -> tuple[str, list[str]]:
@@ -66,6 +67,12 @@ def _last(records: list[dict[str, Any]], key: str) -> float:
   return values[-1] if values else math.nan
 
 
+def _finite_mean(records: list[dict[str, Any]], key: str) -> float:
+  """Mean of a metric over the steps that logged a finite value (neg_pos_ratio is inf without a positive side)."""
+  values = [r[key] for r in records if key in r and math.isfinite(r[key])]
+  return sum(values) / len(values) if values else math.nan
+
+
 def _records(workdir: str) -> list[dict[str, Any]]:
   return read_jsonl(workdir) if os.path.exists(os.path.join(workdir, JSONL_NAME)) else []
 
@@ -79,6 +86,8 @@ def summarize_run(records: list[dict[str, Any]], collapse_drop: float) -> dict[s
       "final_accuracy": final,
       "best_accuracy": best,
       "final_reward": _last(records, REWARD),
+      "mean_neg_pos_ratio": _finite_mean(records, RATIO),
+      "mean_offpolicy_kl": _finite_mean(records, KL),
       "collapse": bool(accuracies) and best - final > collapse_drop,
       "nonfinite": _last(records, SKIPPED) > 0,  # NaN (never logged) compares False
       "steps": records[-1]["step"] if records else 0,

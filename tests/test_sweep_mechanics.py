@@ -1,6 +1,7 @@
 """The sweep runner's bookkeeping, driven by a stand-in training script that writes metrics.jsonl."""
 import csv
 import json
+import math
 import os
 import textwrap
 
@@ -23,7 +24,7 @@ FAKE_TRAIN = textwrap.dedent('''
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         for step, acc in enumerate(accs):
             f.write(json.dumps({"step": step, "eval/task/greedy_accuracy": acc, "reward/mean": acc / 2,
-                                "balance/neg_pos_ratio": 1.0 + step}) + "\\n")
+                                "balance/neg_pos_ratio": [1.0, float("inf"), 3.0][step]}) + "\\n")
 ''')
 
 
@@ -59,6 +60,8 @@ def test_sweep_writes_table_and_plots_and_skips_finished_runs(tmp_path, fake_tra
   assert (calm["final_accuracy"], calm["best_accuracy"], calm["collapse"]) == (0.5, 0.5, False)
   assert (collapsed["final_accuracy"], collapsed["best_accuracy"], collapsed["collapse"]) == (0.3, 0.6, True)
   assert calm["final_reward"] == 0.25
+  assert calm["mean_neg_pos_ratio"] == 2.0  # the step without a positive side (inf) is left out
+  assert math.isnan(calm["mean_offpolicy_kl"])  # never logged
   for name in ("results.md", "results.csv", "accuracy.png", "neg_pos_ratio.png"):
     assert os.path.getsize(os.path.join(root, name)) > 0
   with open(os.path.join(root, "results.csv")) as f:

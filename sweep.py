@@ -36,6 +36,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # --config.KEY=VALUE flags belong to train.py: let them through to main as arguments.
-  flags.FLAGS(sys.argv, known_only=True)
+  # --config.KEY=VALUE flags belong to train.py: let them through to main as arguments. (Parse once: a second
+  # parse appends every --grid again.)
   app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))

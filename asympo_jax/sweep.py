@@ -19,6 +19,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 from typing import Any, Sequence
 
 from asympo_jax.metrics import JSONL_NAME, read_jsonl
@@ -42,6 +43,9 @@ def parse_axis(text: str) -> tuple[str, list[str]]:
 def grid(axes: Sequence[tuple[str, list[str]]]) -> list[dict[str, str]]:
   """The cartesian product of the axes, in the order given, as {key: value} points."""
   keys = [k for k, _ in axes]
+  repeated = sorted({k for k in keys if keys.count(k) > 1})
+  if repeated:
+    raise ValueError(f"grid key(s) {repeated} given more than once; list all values of a key in one axis")
   return [dict(zip(keys, values)) for values in itertools.product(*(v for _, v in axes))]
 
 
@@ -123,7 +127,8 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], points: dict[str, dict[st
   written = []
   accuracy = (accuracy_keys([r for records in runs.values() for r in records]) or ["eval/greedy_accuracy"])[0]
   for key, file in ((accuracy, "accuracy.png"), (REWARD, "reward.png"), (RATIO, "neg_pos_ratio.png")):
-    fig, axes = plt.subplots(1, len(facets), figsize=(4.5 * len(facets), 3.6), squeeze=False, sharey=True)
+    width = 4.5 * len(facets)
+    fig, axes = plt.subplots(1, len(facets), figsize=(width, 3.8), squeeze=False, sharey=True, layout="constrained")
     for ax, value in zip(axes[0], facets):
       for name, run_records in runs.items():
         if facet and points[name].get(facet) != value:
@@ -134,10 +139,10 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], points: dict[str, dict[st
       ax.set_title(f"{facet} = {value}" if facet else key)
       ax.set_xlabel("step")
       ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(key)
+    # An eval key names its whole dataset spec; the axis keeps its ends.
+    axes[0][0].set_ylabel(key if len(key) <= 32 else f"{key.split('/')[0]}/.../{key.split('/')[-1]}")
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle(caption, fontsize=7)
-    fig.tight_layout()
+    fig.suptitle(textwrap.fill(caption, width=int(width * 19)), fontsize=7)  # ~19 characters an inch at 7 pt
     fig.savefig(os.path.join(out_dir, file), dpi=110)
     plt.close(fig)
     written.append(os.path.join(out_dir, file))

@@ -3,11 +3,16 @@ import csv
 import json
 import math
 import os
+import pathlib
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
 from asympo_jax import sweep
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 FAKE_TRAIN = textwrap.dedent('''
     import json, os, sys
@@ -45,6 +50,25 @@ def test_grid_names_and_parsing():
   assert sweep.run_name(points[1]) == "staleness=0,name=asympo"
   with pytest.raises(ValueError, match="KEY=V1,V2"):
     sweep.parse_axis("rollout.staleness")
+  with pytest.raises(ValueError, match="rollout.staleness.*more than once"):
+    sweep.grid([("rollout.staleness", ["0"]), ("rollout.staleness", ["2"])])
+
+
+def test_cli_redraws_a_finished_sweep_into_out(tmp_path):
+  # Every point is already done, so the CLI only reads metrics and writes the table and plots to --out.
+  root, out = tmp_path / "runs", tmp_path / "report"
+  for lr in ("0.5", "2.0"):
+    run = root / f"lr={lr}"
+    run.mkdir(parents=True)
+    (run / sweep.DONE_NAME).write_text("{}")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/t/greedy_accuracy": float(lr) / 4}) + "\n")
+  cmd = [sys.executable, str(REPO / "sweep.py"), "--config=configs/default.py", "--grid=optim.lr=0.5,2.0",
+         f"--root={root}", f"--out={out}", "--config.seed=3"]
+  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(out / "results.csv") as f:
+    assert [float(r["final_accuracy"]) for r in csv.DictReader(f)] == [0.125, 0.5]
+  assert (out / "accuracy.png").exists() and not (root / "results.csv").exists()
 
 
 def test_sweep_writes_table_and_plots_and_skips_finished_runs(tmp_path, fake_train):

@@ -219,7 +219,11 @@ def combine_metrics(a: dict[str, Array], b: dict[str, Array]) -> dict[str, Array
 
 
 def finalize_metrics(metrics: dict[str, Array]) -> dict[str, Array]:
-  """Adds the metrics that are not additive over micro-batches (ratios), from the combined sums."""
-  pos, neg = metrics["balance/pos_loss"], metrics["balance/neg_loss"]
-  safe_pos = jnp.where(pos > 0, pos, 1.0)
-  return {**metrics, "balance/neg_pos_ratio": jnp.where(pos > 0, jnp.abs(neg) / safe_pos, 0.0)}
+  """Adds the metrics that are not additive over micro-batches (ratios), from the combined sums.
+
+  neg_pos_ratio is |neg_loss| / |pos_loss|: DESIGN §1's |neg_loss| / pos_loss where pos_loss > 0 (the
+  current-policy family, gpg), and still the sides' size ratio for grpo, whose positive side is negative
+  (its per-response loss is -rho * A). 0 when there is no positive side.
+  """
+  pos, neg = jnp.abs(metrics["balance/pos_loss"]), jnp.abs(metrics["balance/neg_loss"])
+  return {**metrics, "balance/neg_pos_ratio": jnp.where(pos > 0, neg / jnp.where(pos > 0, pos, 1.0), 0.0)}

@@ -303,3 +303,14 @@ def test_scale_imbalance_case(name, kw, ratio, net):
   np.testing.assert_allclose(m["balance/neg_nll"], 3.0, rtol=1e-6)
   np.testing.assert_allclose(m["balance/neg_pos_ratio"], ratio, rtol=1e-5)
   np.testing.assert_allclose(m["balance/net_loss"], net, atol=1e-6)
+
+
+def test_grpo_balance_is_a_ratio_of_magnitudes():
+  # grpo's per-response loss is -rho * A (not C * A * l), so its positive side is negative: on-policy (rho = 1)
+  # the two sides are -(0.5 + 0.5) / 4 and +(0.5 + 0.5) / 4 whatever the NLL scales, a ratio of 1.
+  x = imbalanced_group()
+  x = x._replace(behaviour_logprobs_BxT=x.logprobs_BxT)
+  _, m = obj.loss_and_metrics(objective_cfg("grpo"), x, obj.denominators(x))
+  m = obj.finalize_metrics(m)
+  np.testing.assert_allclose([m["balance/pos_loss"], m["balance/neg_loss"]], [-0.25, 0.25], rtol=1e-6)
+  np.testing.assert_allclose(m["balance/neg_pos_ratio"], 1.0, rtol=1e-6)

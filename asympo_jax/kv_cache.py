@@ -1,9 +1,10 @@
 """A fixed-size key/value cache for incremental decoding.
 
 API (used by the sampler):
-- `cache = init_cache(cfg, batch, max_len)`: zero buffers `k`, `v` of shape [L, B, K, S_max, head_dim] (heads before slots, so
-  attention reads them without a transpose), a slot
-  validity mask `mask_BxS` (0 everywhere) and the next write slot `index` (0). All fixed-shape, so the cache can
+- `cache = init_cache(cfg, batch, max_len)`: zero buffers `k` [L, B, K, head_dim, S_max] and `v`
+  [L, B, K, S_max, head_dim], laid out so that both attention products are plain batched matmuls over (B, K)
+  (queries x keys contracts over head_dim, probs x values over slots) that read the cache without a transpose;
+  a slot validity mask `mask_BxS` (0 everywhere) and the next write slot `index` (0). All fixed-shape, so the cache can
   be carried through `lax.while_loop` and donated to a jitted step.
 - `hidden, cache = decoder(tokens_BxT, positions_BxT, mask_BxT, cache)`: writes the T new keys/values at slots
   [index, index + T) with `lax.dynamic_update_slice`, records `mask_BxT` as their validity, attends every new
@@ -25,28 +26,31 @@ from asympo_jax.model_config import ModelConfig
 
 
 class KVCache(NamedTuple):
-  k: jax.Array  # [L, B, K, S_max, head_dim]
+  k: jax.Array  # [L, B, K, head_dim, S_max]
   v: jax.Array  # [L, B, K, S_max, head_dim]
   mask_BxS: jax.Array  # int32, 1 on slots holding a real token
   index: jax.Array  # int32 scalar, the next slot to write
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> KVCache:
-  shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+  k_shape = (cfg.num_layers, batch, cfg.num_kv_heads, cfg.head_dim, max_len)
+  v_shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
   dtype = dtype or cfg.param_dtype
-  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, max_len), jnp.int32),
+  return KVCache(jnp.zeros(k_shape, dtype), jnp.zeros(v_shape, dtype), jnp.zeros((batch, max_len), jnp.int32),
                  jnp.zeros((), jnp.int32))
 
 
 def cache_axes() -> KVCache:
-  kv = ("layers", "act_batch", "act_kv_heads", "cache_seq", "head_dim")
-  return KVCache(kv, kv, ("act_batch", "cache_seq"), ())
+  v = ("layers", "act_batch", "act_kv_heads", "cache_seq", "head_dim")
+  return KVCache(v[:3] + ("head_dim", "cache_seq"), v, ("act_batch", "cache_seq"), ())
 
 
-def write(buffer_LxBxKxSxH: jax.Array, new_BxKxTxH: jax.Array, layer: Any, index: jax.Array) -> jax.Array:
-  """Writes layer `layer`'s T new slots at `index` into the stacked buffer (in place under jit)."""
-  return jax.lax.dynamic_update_slice(buffer_LxBxKxSxH, new_BxKxTxH[None].astype(buffer_LxBxKxSxH.dtype),
-                                      (layer, 0, 0, index, 0))
+def write(buffer: jax.Array, new: jax.Array, layer: Any, index: jax.Array, slot_axis: int) -> jax.Array:
+  """Writes layer `layer`'s T new slots at `index` into the stacked buffer (in place under jit). `new` has the
+  buffer's layout less the layer axis, with T slots on `slot_axis` (an axis of `new`)."""
+  start = [layer] + [0] * new.ndim
+  start[1 + slot_axis] = index
+  return jax.lax.dynamic_update_slice(buffer, new[None].astype(buffer.dtype), tuple(start))
 
 
 def update_mask(cache: KVCache, mask_BxT: jax.Array) -> jax.Array:

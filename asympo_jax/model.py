@@ -148,7 +148,7 @@ def _remat(cfg: ModelConfig, fn: Any) -> Any:
 def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
                   cos_sin: tuple[jax.Array, jax.Array], attn_mask_BxTxS: jax.Array,
                   past: tuple[jax.Array, jax.Array, Any, jax.Array] | None) -> tuple[jax.Array, Any]:
-  """One pre-norm block. `past` = (k_LxBxKxSxhd, v_LxBxKxSxhd, layer, index): the stacked cache, this
+  """One pre-norm block. `past` = (k_LxBxKxhdxS, v_LxBxKxSxhd, layer, index): the stacked cache, this
   block's layer number and the first slot to write, or None.
 
   Returns the new hidden states and the updated stacked (k, v) buffers (None without a cache).
@@ -162,11 +162,11 @@ def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
     k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
   q = constrain(apply_rope(q, *cos_sin), ("act_batch", "act_seq", "act_heads", "head_dim"))
   k = constrain(apply_rope(k, *cos_sin), ("act_batch", "act_seq", "act_kv_heads", "head_dim"))
-  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, K, T, hd]
+  k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2)  # [B, K, hd, T], [B, K, T, hd]: the cache's layout
   new_kv = None
   if past is not None:
     k_cache, v_cache, layer, index = past
-    new_kv = (kvc.write(k_cache, k, layer, index), kvc.write(v_cache, v, layer, index))
+    new_kv = (kvc.write(k_cache, k, layer, index, slot_axis=3), kvc.write(v_cache, v, layer, index, slot_axis=2))
     k, v = new_kv[0][layer], new_kv[1][layer]
   attn = attention(q, k, v, attn_mask_BxTxS)
   h_BxTxD = h_BxTxD + _proj(attn, p["o"], p.get("o_bias"))
@@ -197,22 +197,21 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
   return scale * normed.astype(x.dtype)
 
 
-def attention(q_BxTxHxhd: jax.Array, k_BxKxSxhd: jax.Array, v_BxKxSxhd: jax.Array,
+def attention(q_BxTxHxhd: jax.Array, k_BxKxhdxS: jax.Array, v_BxKxSxhd: jax.Array,
               mask_BxTxS: jax.Array) -> jax.Array:
   """Grouped-query attention with a float32 softmax; returns [B, T, H, hd]. Rows with no visible key are 0.
 
-  Keys and values come heads-first ([B, K, S, hd], the cache's layout) and the queries of each KV head are
-  gathered as rows [B, K, G*T, hd], so both products are plain batched matmuls over (B, K): a decode step
-  reads the cache without transposing it. (With the output einsum'd straight to [B, T, K, G, hd], XLA:CPU
-  swapped the probs-values operands and contracted over non-minor axes, at 4 GFLOP/s: a sixth of `small`'s
-  decode time.)
+  Keys and values come in the cache's layouts ([B, K, hd, S] and [B, K, S, hd]) and the queries of each KV
+  head are gathered as rows [B, K, G*T, hd], so both products are plain batched matmuls over (B, K) and a
+  decode step reads the cache without transposing it. XLA:CPU ran each of the other arrangements it was
+  given at a few GFLOP/s in decode: keys [B, K, S, hd] (a transposed right operand), and the output einsum'd
+  straight to [B, T, K, G, hd] (it swapped the probs-values operands and contracted over non-minor axes).
   """
   B, T, H, hd = q_BxTxHxhd.shape
-  K = k_BxKxSxhd.shape[1]
+  K, S = k_BxKxhdxS.shape[1], k_BxKxhdxS.shape[3]
   G = H // K
-  S = k_BxKxSxhd.shape[2]
   q = q_BxTxHxhd.reshape(B, T, K, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, hd)
-  scores = jnp.einsum("bkqh,bksh->bkqs", q, k_BxKxSxhd, preferred_element_type=jnp.float32) / math.sqrt(hd)
+  scores = jnp.einsum("bkqh,bkhs->bkqs", q, k_BxKxhdxS, preferred_element_type=jnp.float32) / math.sqrt(hd)
   mask = jnp.broadcast_to(mask_BxTxS[:, None, None], (B, 1, G, T, S)).reshape(B, 1, G * T, S)
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0)

@@ -5,10 +5,10 @@ starts from a clean JAX state). A point whose directory holds `DONE_NAME` is ski
 launched again and train.py resumes it from its last checkpoint. A failed run does not stop the others.
 
 The summary reads each run's metrics.jsonl: final and best eval greedy accuracy (of the first eval set), final
-reward, the means over steps of balance/neg_pos_ratio and offpolicy/kl (when recorded), and stability flags (`collapse`: the final accuracy fell more than `collapse_drop` below the run's
-best; `nonfinite`: the run skipped non-finite updates), written as results.md and results.csv, and plotted as
-accuracy, reward/mean and balance/neg_pos_ratio against step, one line per run, one panel per value of the
-facet key.
+reward, the means over steps of balance/neg_pos_ratio and offpolicy/kl (when recorded), and stability flags
+(`collapse`: the final accuracy fell more than `collapse_drop` below the run's best; `nonfinite`: the run
+skipped non-finite updates), written as results.md and results.csv, and plotted as accuracy, reward/mean and
+balance/neg_pos_ratio against step, one line per run, one panel per value of the facet key.
 """
 from __future__ import annotations
 

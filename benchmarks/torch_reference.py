@@ -1,4 +1,4 @@
-"""The PyTorch side of the benchmarks, in a process of its own that never loads JAX.
+"""The PyTorch side of the benchmarks, in a process of its own that never starts JAX's runtime.
 
 Run in the same process as JAX's CPU runtime, transformers' `generate` on `tiny` ran at 854 tokens/s against
 5,397 tokens/s alone (this 2-core machine, quiet), so the JAX benchmarks start this script as a subprocess

@@ -6,7 +6,7 @@ gives the [D, V] output projection (the tied embedding's transpose when tied).
 
 Layer parameters are stacked along a leading "layers" axis whatever `scan_layers` says, so checkpoints do not
 depend on it: `scan_layers` runs the layers with `lax.scan` (one compiled layer), otherwise a Python loop
-(unrolled). Layer math is a pure function of a dict of per-layer arrays. Norms, RoPE, attention softmax and
+(unrolled). Calls with a KV cache always unroll (see `Decoder.__call__`). Layer math is a pure function of a dict of per-layer arrays. Norms, RoPE, attention softmax and
 logits are computed in float32; matmuls run in the parameter dtype.
 """
 from __future__ import annotations
@@ -103,13 +103,24 @@ class Decoder(nnx.Module):
     logits = jnp.einsum("btd,dv->btv", hidden_BxTxD, self.unembedding(), preferred_element_type=jnp.float32)
     return constrain(logits, ("act_batch", "act_seq", "act_vocab"))
 
+  def rope(self, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The RoPE cos and sin of `positions_BxT`, each float32 [B, T, head_dim / 2]."""
+    cfg = self.cfg
+    return rope_cos_sin(positions_BxT, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
+
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxT: jax.Array,
-               cache: kvc.KVCache | None = None) -> tuple[jax.Array, kvc.KVCache | None]:
-    """Hidden states [B, T, D] after the final norm, and the cache with the T new tokens written in."""
+               cache: kvc.KVCache | None = None, rope: tuple[jax.Array, jax.Array] | None = None
+               ) -> tuple[jax.Array, kvc.KVCache | None]:
+    """Hidden states [B, T, D] after the final norm, and the cache with the T new tokens written in.
+
+    `rope`, when given, is `self.rope(positions_BxT)` computed by the caller: a decode loop computes it for all
+    its steps at once, because inside the loop XLA:CPU fuses the cosine and sine into every layer's RoPE and
+    evaluates them per head and element (2/3 of the RoPE time of a decode step).
+    """
     cfg = self.cfg
     h = jnp.take(self.embed[...], tokens_BxT, axis=0)
     h = constrain(h, ("act_batch", "act_seq", "act_embed"))
-    cos_sin = rope_cos_sin(positions_BxT, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
+    cos_sin = self.rope(positions_BxT) if rope is None else rope
     num_new = tokens_BxT.shape[1]
     if cache is None:
       attn_mask = kvc.attention_mask(mask_BxT, jnp.zeros((), jnp.int32), num_new)
@@ -117,26 +128,24 @@ class Decoder(nnx.Module):
       slot_mask = kvc.update_mask(cache, mask_BxT)
       attn_mask = kvc.attention_mask(slot_mask, cache.index, num_new)
 
-    # The whole stacked cache is carried through the layers and each layer writes its T new slots into it,
-    # so a decode step updates the cache in place instead of copying every layer's buffer into a new stack.
-    def body(carry, layer):
-      h, kv = carry
-      params, number = layer
-      past = None if kv is None else (*kv, number, cache.index)
-      return _remat(cfg, functools.partial(layer_forward, cfg))(params, h, cos_sin, attn_mask, past), None
-
+    layer = _remat(cfg, functools.partial(layer_forward, cfg))
     layer_params = {name: p[...] for name, p in self.layers.items()}
-    carry = (h, None if cache is None else (cache.k, cache.v))
-    if cfg.scan_layers:
-      carry, _ = jax.lax.scan(body, carry, (layer_params, jnp.arange(cfg.num_layers)))
+    if cache is None and cfg.scan_layers:
+      h, _ = jax.lax.scan(lambda h, params: (layer(params, h, cos_sin, attn_mask, None)[0], None), h, layer_params)
     else:
+      # With a cache the layers always unroll: each reads and updates its own cache buffers in place, which a
+      # scanned layer could only do through a slice of a stacked buffer (a copy of it, see kv_cache.py).
+      new_k, new_v = [], []
       for i in range(cfg.num_layers):
-        carry, _ = body(carry, (jax.tree.map(lambda x: x[i], layer_params), i))
-    h, new_kv = carry
+        past = None if cache is None else (cache.k[i], cache.v[i], cache.index)
+        h, kv = layer(jax.tree.map(lambda x: x[i], layer_params), h, cos_sin, attn_mask, past)
+        if kv is not None:
+          new_k.append(kv[0])
+          new_v.append(kv[1])
     h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
     if cache is None:
       return h, None
-    return h, kvc.KVCache(new_kv[0], new_kv[1], slot_mask, cache.index + num_new)
+    return h, kvc.KVCache(tuple(new_k), tuple(new_v), slot_mask, cache.index + num_new)
 
 
 def _remat(cfg: ModelConfig, fn: Any) -> Any:
@@ -147,16 +156,15 @@ def _remat(cfg: ModelConfig, fn: Any) -> Any:
 
 def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
                   cos_sin: tuple[jax.Array, jax.Array], attn_mask_BxTxS: jax.Array,
-                  past: tuple[jax.Array, jax.Array, Any, jax.Array] | None) -> tuple[jax.Array, Any]:
-  """One pre-norm block. `past` = (k_LxBxKxhdxS, v_LxBxKxSxhd, layer, index): the stacked cache, this
-  block's layer number and the first slot to write, or None.
+                  past: tuple[jax.Array, jax.Array, jax.Array] | None
+                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+  """One pre-norm block. `past` = (k_BxKxCxhdxW, v_BxKxSxhd, index): this block's cache buffers (layouts in
+  kv_cache.py) and the first slot to write, or None.
 
-  Returns the new hidden states and the updated stacked (k, v) buffers (None without a cache).
+  Returns the new hidden states and the updated (k, v) buffers (None without a cache).
   """
   x = rms_norm(h_BxTxD, p["input_norm"], cfg.rms_norm_eps)
-  q = _proj(x, p["q"], p.get("q_bias"))
-  k = _proj(x, p["k"], p.get("k_bias"))
-  v = _proj(x, p["v"], p.get("v_bias"))
+  q, k, v = _qkv(cfg, x, p)
   if cfg.qk_norm:
     q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
     k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
@@ -165,9 +173,10 @@ def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
   k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2)  # [B, K, hd, T], [B, K, T, hd]: the cache's layout
   new_kv = None
   if past is not None:
-    k_cache, v_cache, layer, index = past
-    new_kv = (kvc.write(k_cache, k, layer, index, slot_axis=3), kvc.write(v_cache, v, layer, index, slot_axis=2))
-    k, v = new_kv[0][layer], new_kv[1][layer]
+    k_cache, v_cache, index = past
+    k, v = new_kv = kvc.write_keys(k_cache, k, index), kvc.write_values(v_cache, v, index)
+  else:
+    k = k[:, :, None]  # one chunk of T keys
   attn = attention(q, k, v, attn_mask_BxTxS)
   h_BxTxD = h_BxTxD + _proj(attn, p["o"], p.get("o_bias"))
   h_BxTxD = constrain(h_BxTxD, ("act_batch", "act_seq", "act_embed"))
@@ -177,6 +186,24 @@ def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
   hidden = constrain(jax.nn.silu(gate) * up, ("act_batch", "act_seq", "act_mlp"))
   h_BxTxD = h_BxTxD + _proj(hidden, p["down"], p.get("down_bias"))
   return constrain(h_BxTxD, ("act_batch", "act_seq", "act_embed")), new_kv
+
+
+def _qkv(cfg: ModelConfig, x_BxTxD: jax.Array, p: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Queries [B, T, H, hd], keys and values [B, T, K, hd] from one matmul.
+
+  One [D, K, (G + 2) * hd] weight, the G query heads, the key and the value of each KV head side by side: on
+  CPU one matmul of the three is twice as fast as three in a decode step (the small ones run on one core).
+  Concatenating inside each KV head keeps the kv_heads axis, so a tensor-sharded layer stays sharded.
+  """
+  D, K, hd = cfg.hidden_size, cfg.num_kv_heads, cfg.head_dim
+  G = cfg.num_heads // K
+  parts = [p["q"].reshape(D, K, G * hd), p["k"], p["v"]]
+  w = jnp.concatenate(parts, axis=2)
+  b = None
+  if cfg.qkv_bias:
+    b = jnp.concatenate([p["q_bias"].reshape(K, G * hd), p["k_bias"], p["v_bias"]], axis=1)
+  q, k, v = jnp.split(_proj(x_BxTxD, w, b), [G * hd, (G + 1) * hd], axis=3)
+  return q.reshape(*q.shape[:2], K * G, hd), k, v
 
 
 def _proj(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
@@ -197,21 +224,24 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
   return scale * normed.astype(x.dtype)
 
 
-def attention(q_BxTxHxhd: jax.Array, k_BxKxhdxS: jax.Array, v_BxKxSxhd: jax.Array,
+def attention(q_BxTxHxhd: jax.Array, k_BxKxCxhdxW: jax.Array, v_BxKxSxhd: jax.Array,
               mask_BxTxS: jax.Array) -> jax.Array:
   """Grouped-query attention with a float32 softmax; returns [B, T, H, hd]. Rows with no visible key are 0.
 
-  Keys and values come in the cache's layouts ([B, K, hd, S] and [B, K, S, hd]) and the queries of each KV
-  head are gathered as rows [B, K, G*T, hd], so both products are plain batched matmuls over (B, K) and a
-  decode step reads the cache without transposing it. XLA:CPU ran each of the other arrangements it was
-  given at a few GFLOP/s in decode: keys [B, K, S, hd] (a transposed right operand), and the output einsum'd
-  straight to [B, T, K, G, hd] (it swapped the probs-values operands and contracted over non-minor axes).
+  Keys and values come in the cache's layouts (kv_cache.py: keys in C chunks of W slots, S = C * W) and the
+  queries of each KV head are gathered as rows [B, K, G*T, hd], so both products are plain batched matmuls
+  (over (B, K, C), resp. (B, K)) and a decode step reads the cache without transposing it. XLA:CPU ran each of
+  the other arrangements it was given at a few GFLOP/s in decode: keys [B, K, S, hd] (a transposed right
+  operand), and the output einsum'd straight to [B, T, K, G, hd] (it swapped the probs-values operands and
+  contracted over non-minor axes).
   """
   B, T, H, hd = q_BxTxHxhd.shape
-  K, S = k_BxKxhdxS.shape[1], k_BxKxhdxS.shape[3]
-  G = H // K
+  K, C, W = k_BxKxCxhdxW.shape[1], k_BxKxCxhdxW.shape[2], k_BxKxCxhdxW.shape[4]
+  G, S = H // K, C * W
   q = q_BxTxHxhd.reshape(B, T, K, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, hd)
-  scores = jnp.einsum("bkqh,bkhs->bkqs", q, k_BxKxhdxS, preferred_element_type=jnp.float32) / math.sqrt(hd)
+  q = jnp.broadcast_to(q[:, :, None], (B, K, C, G * T, hd))
+  scores = jnp.einsum("bkcqh,bkchw->bkcqw", q, k_BxKxCxhdxW, preferred_element_type=jnp.float32)
+  scores = scores.transpose(0, 1, 3, 2, 4).reshape(B, K, G * T, S) / math.sqrt(hd)
   mask = jnp.broadcast_to(mask_BxTxS[:, None, None], (B, 1, G, T, S)).reshape(B, 1, G * T, S)
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0)

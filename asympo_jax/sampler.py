@@ -161,7 +161,9 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Ar
            jnp.full((batch,), 1, jnp.int32), jnp.zeros((batch,), jnp.int32),
            jnp.full((batch, window), -1, jnp.int32))
   carry = emit(0, _logits(model, hidden[:, -1]), carry)
+  # The RoPE of every decode step at once (see Decoder.__call__): step i's token sits at last position + i.
   last_position_B = positions_BxP[:, -1]
+  cos_BxN, sin_BxN = model.rope(last_position_B[:, None] + jnp.arange(n))
   split_state = _split_layers(state)
 
   def cond(loop):
@@ -172,8 +174,9 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Ar
     i, cache, carry = loop
     tokens_Bx1 = jax.lax.dynamic_slice_in_dim(carry[0], i - 1, 1, axis=1)
     positions_Bx1 = (last_position_B + i)[:, None]
+    rope = tuple(jax.lax.dynamic_slice_in_dim(x, i, 1, axis=1) for x in (cos_BxN, sin_BxN))
     decoder = nnx.merge(graphdef, _restack(split_state))
-    hidden, cache = decoder(tokens_Bx1, positions_Bx1, jnp.ones_like(tokens_Bx1), cache)
+    hidden, cache = decoder(tokens_Bx1, positions_Bx1, jnp.ones_like(tokens_Bx1), cache, rope=rope)
     return i + 1, cache, emit(i, _logits(decoder, hidden[:, 0]), carry)
 
   _, _, (tokens, logprobs, length, finish, _) = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, carry))

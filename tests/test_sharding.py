@@ -98,7 +98,7 @@ def test_create_model_on_a_mesh_and_sharded_cache_decoding():
   with jax.set_mesh(mesh):
     cache = kv_cache.init_cache(cfg, 4, 4)
     cache = jax.tree.map(lambda x, axes: jax.device_put(x, logical_sharding(axes, x.shape, mesh)),
-                         cache, kv_cache.cache_axes(), is_leaf=lambda x: isinstance(x, tuple) and
+                         cache, kv_cache.cache_axes(cfg.num_layers), is_leaf=lambda x: isinstance(x, tuple) and
                          all(isinstance(a, str) for a in x))
     hidden, cache = step(model, tokens, positions, mask, cache)
   hidden_ref, _ = step(replicated, tokens, positions, mask, kv_cache.init_cache(cfg, 4, 4))

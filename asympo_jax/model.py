@@ -238,9 +238,15 @@ def attention(q_BxTxHxhd: jax.Array, k_BxKxCxhdxW: jax.Array, v_BxKxSxhd: jax.Ar
   B, T, H, hd = q_BxTxHxhd.shape
   K, C, W = k_BxKxCxhdxW.shape[1], k_BxKxCxhdxW.shape[2], k_BxKxCxhdxW.shape[4]
   G, S = H // K, C * W
+  k = k_BxKxCxhdxW
+  if T > 1 and C > 1:
+    # Every chunk needs its own copy of the query rows; with many rows (a prefill) one copy of the keys in one
+    # chunk is the cheaper of the two.
+    k = k.transpose(0, 1, 3, 2, 4).reshape(B, K, 1, hd, S)
+    C = 1
   q = q_BxTxHxhd.reshape(B, T, K, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, hd)
   q = jnp.broadcast_to(q[:, :, None], (B, K, C, G * T, hd))
-  scores = jnp.einsum("bkcqh,bkchw->bkcqw", q, k_BxKxCxhdxW, preferred_element_type=jnp.float32)
+  scores = jnp.einsum("bkcqh,bkchw->bkcqw", q, k, preferred_element_type=jnp.float32)
   scores = scores.transpose(0, 1, 3, 2, 4).reshape(B, K, G * T, S) / math.sqrt(hd)
   mask = jnp.broadcast_to(mask_BxTxS[:, None, None], (B, 1, G, T, S)).reshape(B, 1, G * T, S)
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)

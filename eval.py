@@ -172,4 +172,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from asympo_jax import hugepages
+  hugepages.use_huge_pages()
   app.run(main)

@@ -25,5 +25,8 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import flags
+
+  from asympo_jax import hugepages
+  hugepages.use_huge_pages()
   flags.mark_flags_as_required(["config"])
   app.run(main)

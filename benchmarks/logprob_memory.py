@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from asympo_jax import hugepages
 from asympo_jax.logprobs import token_logprobs
 
 B, T, D, V = 8, 512, 1024, 151936
@@ -44,4 +45,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  hugepages.use_huge_pages()
   main()

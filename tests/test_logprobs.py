@@ -72,3 +72,24 @@ def test_chunked_peak_memory_is_smaller():
   assert temp_bytes(0) >= full_block
   # A few chunk-sized blocks (logits, softmax, their cotangents), independent of T: here 16 chunks.
   assert temp_bytes(chunk) <= 6 * chunk_block < full_block / 2
+
+
+def test_gradients_match_an_explicit_log_softmax():
+  hidden, unembed, tokens = case(3)
+  w = jax.random.normal(jax.random.key(8), (B, T))
+
+  def reference(h, u):  # the textbook form, independent of the implementation's logsumexp / dot tricks
+    logp = jax.nn.log_softmax(jnp.einsum("btd,dv->btv", h[:, :-1], u), axis=-1)
+    lp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    ent = -(jnp.exp(logp) * logp).sum(-1)
+    return (w[:, 1:] * lp).sum() + 0.3 * (w[:, 1:] * ent).sum()
+
+  def ours(h, u):
+    lp, ent = token_logprobs(h, u, tokens)
+    return (w * lp).sum() + 0.3 * (w * ent).sum()
+
+  want = jax.value_and_grad(reference, argnums=(0, 1))(hidden, unembed)
+  got = jax.value_and_grad(ours, argnums=(0, 1))(hidden, unembed)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  for a, b in zip(got[1], want[1]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -3,7 +3,7 @@
 XLA:CPU allocates a computation's temporaries afresh at every execution. glibc serves each allocation over
 32 MB with a new mmap, and the kernel then faults it in one 4 KB page at a time: in the DESIGN §3 `small`
 train step, with its [6080, 32000] float32 logits and their gradient (778 MB each), that was a quarter of
-the step (13.8 s against 10.1 s with huge pages, measured on the 2-core CI machine). glibc's tunable
+the step (13.8 s against 10.1 s with huge pages, at 78aae14 on the 2-core CI machine). glibc's tunable
 `glibc.malloc.hugetlb=1` has those mappings madvise'd for transparent huge pages (2 MB), 512 times fewer
 faults. glibc reads tunables only when a process starts, so the process re-executes itself once with it set.
 

@@ -6,8 +6,9 @@ gives the [D, V] output projection (the tied embedding's transpose when tied).
 
 Layer parameters are stacked along a leading "layers" axis whatever `scan_layers` says, so checkpoints do not
 depend on it: `scan_layers` runs the layers with `lax.scan` (one compiled layer), otherwise a Python loop
-(unrolled). Calls with a KV cache always unroll (see `Decoder.__call__`). Layer math is a pure function of a dict of per-layer arrays. Norms, RoPE, attention softmax and
-logits are computed in float32; matmuls run in the parameter dtype.
+(unrolled). Calls with a KV cache always unroll (see `Decoder.__call__`). Layer math is a pure function of a
+dict of per-layer arrays. Norms, RoPE, attention softmax and logits are computed in float32; matmuls run in
+the parameter dtype.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ class Decoder(nnx.Module):
 
     `rope`, when given, is `self.rope(positions_BxT)` computed by the caller: a decode loop computes it for all
     its steps at once, because inside the loop XLA:CPU fuses the cosine and sine into every layer's RoPE and
-    evaluates them per head and element (2/3 of the RoPE time of a decode step).
+    evaluates them per head and element (most of the RoPE time of a decode step).
     """
     cfg = self.cfg
     h = jnp.take(self.embed[...], tokens_BxT, axis=0)
@@ -192,7 +193,8 @@ def _qkv(cfg: ModelConfig, x_BxTxD: jax.Array, p: dict[str, jax.Array]) -> tuple
   """Queries [B, T, H, hd], keys and values [B, T, K, hd] from one matmul.
 
   One [D, K, (G + 2) * hd] weight, the G query heads, the key and the value of each KV head side by side: on
-  CPU one matmul of the three is twice as fast as three in a decode step (the small ones run on one core).
+  CPU one matmul of the three takes about half the time of three in a decode step (the small ones ran on one
+  core).
   Concatenating inside each KV head keeps the kv_heads axis, so a tensor-sharded layer stays sharded.
   """
   D, K, hd = cfg.hidden_size, cfg.num_kv_heads, cfg.head_dim

@@ -66,15 +66,19 @@ def key_chunks(k_BxKxhdxS: jax.Array) -> jax.Array:
   return k_BxKxhdxS.reshape(B, K, hd, S // KEY_CHUNK, KEY_CHUNK).transpose(0, 1, 3, 2, 4)
 
 
+def key_slots(k_BxKxCxhdxW: jax.Array) -> jax.Array:
+  """The inverse of `key_chunks`: chunked keys back as [B, K, hd, S] (a copy)."""
+  B, K, C, hd, W = k_BxKxCxhdxW.shape
+  return k_BxKxCxhdxW.transpose(0, 1, 3, 2, 4).reshape(B, K, hd, C * W)
+
+
 def write_keys(buffer: jax.Array, new_BxKxhdxT: jax.Array, index: jax.Array) -> jax.Array:
   """Writes T new keys at slots [index, index + T) of a layer's key buffer (in place under jit)."""
   new = new_BxKxhdxT.astype(buffer.dtype)
   if new.shape[3] == 1:  # a decode step: one slot, inside one chunk
     return jax.lax.dynamic_update_slice(buffer, new[:, :, None], (0, 0, index // KEY_CHUNK, 0, index % KEY_CHUNK))
   # A prefill may straddle chunks: write into the unchunked view (two copies of the buffer, once per prompt).
-  B, K, C, hd, W = buffer.shape
-  flat = buffer.transpose(0, 1, 3, 2, 4).reshape(B, K, hd, C * W)
-  return key_chunks(jax.lax.dynamic_update_slice(flat, new, (0, 0, 0, index)))
+  return key_chunks(jax.lax.dynamic_update_slice(key_slots(buffer), new, (0, 0, 0, index)))
 
 
 def write_values(buffer: jax.Array, new_BxKxTxhd: jax.Array, index: jax.Array) -> jax.Array:

@@ -244,7 +244,7 @@ def attention(q_BxTxHxhd: jax.Array, k_BxKxCxhdxW: jax.Array, v_BxKxSxhd: jax.Ar
   if T > 1 and C > 1:
     # Every chunk needs its own copy of the query rows; with many rows (a prefill) one copy of the keys in one
     # chunk is the cheaper of the two.
-    k = k.transpose(0, 1, 3, 2, 4).reshape(B, K, 1, hd, S)
+    k = kvc.key_slots(k)[:, :, None]
     C = 1
   q = q_BxTxHxhd.reshape(B, T, K, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, hd)
   q = jnp.broadcast_to(q[:, :, None], (B, K, C, G * T, hd))

@@ -172,6 +172,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from asympo_jax import hugepages
-  hugepages.use_huge_pages()
+  from asympo_jax import host_memory
+  host_memory.tune_malloc()
   app.run(main)

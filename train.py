@@ -26,7 +26,7 @@ def main(argv):
 if __name__ == "__main__":
   from absl import flags
 
-  from asympo_jax import hugepages
-  hugepages.use_huge_pages()
+  from asympo_jax import host_memory
+  host_memory.tune_malloc()
   flags.mark_flags_as_required(["config"])
   app.run(main)

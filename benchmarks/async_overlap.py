@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from asympo_jax import config as config_lib
 from benchmarks import workloads
-from asympo_jax import hf_io, hugepages, optim, sampler, train_step
+from asympo_jax import hf_io, host_memory, optim, sampler, train_step
 from asympo_jax.rollout import RolloutGenerator
 from asympo_jax.rollout_batch import make_build_batch
 
@@ -96,5 +96,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  hugepages.use_huge_pages()
+  host_memory.tune_malloc()
   main()

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from asympo_jax import hugepages, kv_cache, scratch
+from asympo_jax import host_memory, kv_cache, scratch
 from asympo_jax.model import create_model
 from asympo_jax.model_config import ModelConfig
 
@@ -74,5 +74,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  hugepages.use_huge_pages()
+  host_memory.tune_malloc()
   main()

@@ -24,7 +24,7 @@ import jax
 from flax import nnx
 
 from asympo_jax import config as config_lib
-from asympo_jax import hf_io, hugepages
+from asympo_jax import hf_io, host_memory
 from asympo_jax.sampler import Sampler
 from benchmarks import workloads
 
@@ -79,5 +79,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  hugepages.use_huge_pages()
+  host_memory.tune_malloc()
   main()

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from asympo_jax import hf_io, hugepages, optim, train_step
+from asympo_jax import hf_io, host_memory, optim, train_step
 from asympo_jax.config import base_config
 from benchmarks import workloads
 
@@ -78,5 +78,5 @@ def main():
 
 
 if __name__ == "__main__":
-  hugepages.use_huge_pages()
+  host_memory.tune_malloc()
   main()

@@ -20,6 +20,9 @@ API (used by the sampler):
   position = previous position + 1 (positions are per row: `max(cumsum(mask) - 1, 0)` over the whole sequence).
   Pad slots are never attended to, so left padding changes nothing for the real tokens.
 - The caller keeps index + T <= S_max (writes past the end would be clamped by dynamic_update_slice).
+- `grow(cache, max_len)`: the same cache with room for max_len slots (new slots empty). Attention reads
+  every slot of the cache, valid or not, so a decode loop that starts with a small cache and grows it reads
+  less (see the sampler's decode segments).
 - `cache_axes()`: the logical axes of each field, for `sharding.logical_sharding`.
 """
 from __future__ import annotations
@@ -50,6 +53,17 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = N
   layers = range(cfg.num_layers)
   return KVCache(tuple(jnp.zeros(k_shape, dtype) for _ in layers), tuple(jnp.zeros(v_shape, dtype) for _ in layers),
                  jnp.zeros((batch, slots), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def grow(cache: KVCache, max_len: int) -> KVCache:
+  """`cache` with max_len slots (rounded up to a multiple of KEY_CHUNK); the added slots are empty (a copy)."""
+  slots = -(-max_len // KEY_CHUNK) * KEY_CHUNK
+  extra = slots - cache.mask_BxS.shape[1]
+  if extra < 0:
+    raise ValueError(f"cannot shrink a cache of {cache.mask_BxS.shape[1]} slots to {slots}")
+  pad = lambda x, axis, n: jnp.pad(x, [(0, n if d == axis else 0) for d in range(x.ndim)])
+  return KVCache(tuple(pad(k, 2, extra // KEY_CHUNK) for k in cache.k), tuple(pad(v, 2, extra) for v in cache.v),
+                 pad(cache.mask_BxS, 1, extra), cache.index)
 
 
 def cache_axes(num_layers: int) -> KVCache:

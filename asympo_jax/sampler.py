@@ -7,6 +7,12 @@ rollout.max_new_tokens steps that exits as soon as every row has finished (EOS o
 cache is allocated inside the jitted function and lives in the loop carry, which XLA updates in place, so it
 is never copied between steps nor held between calls.
 
+Decode segments (rollout.decode_segments = J): attention reads the whole cache, valid slots or not, so the
+prefill writes into a cache as long as the prompt, and the decode loop runs in J segments, each a
+`lax.while_loop` over a cache just long enough for it (`cache_lengths`); the cache grows (one copy) before
+each. Each segment compiles its own loop body. On the DESIGN §3 `tiny` workload J = 2 cut the generate time
+by about 5% (0.41 to 0.39 s, see README.md).
+
 Randomness: row p*G + g draws its t-th token at the t-th of the uniform numbers drawn from its row key, which
 depends on (seed, step, prompt id, g) only (sampling.row_keys), so a response never depends on the rest of the
 batch.
@@ -52,6 +58,8 @@ def validate(cfg_rollout: ml_collections.ConfigDict) -> None:
   check(0 < cfg_rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {cfg_rollout.top_p}")
   check(isinstance(cfg_rollout.top_k, int) and cfg_rollout.top_k >= 0, "rollout.top_k",
         f"must be an integer >= 0 (0: off), got {cfg_rollout.top_k!r}")
+  check(isinstance(cfg_rollout.decode_segments, int) and cfg_rollout.decode_segments >= 1,
+        "rollout.decode_segments", f"must be an integer >= 1, got {cfg_rollout.decode_segments!r}")
   stops = cfg_rollout.stop_sequences
   check(all(isinstance(s, (list, tuple)) and s and all(isinstance(t, int) for t in s) for s in stops),
         "rollout.stop_sequences", f"must be a list of non-empty token-id lists, got {stops!r}")
@@ -85,6 +93,18 @@ def prompt_bucket(length: int, max_prompt_len: int) -> int:
   return min(bucket, max_prompt_len)
 
 
+def cache_lengths(prompt_len: int, max_new_tokens: int, segments: int) -> list[int]:
+  """The KV cache length of each decode segment (distinct, increasing; the last holds prompt_len +
+  max_new_tokens): segment j holds the first ceil(max_new_tokens * (j + 1) / segments) new tokens, rounded up
+  to whole key chunks."""
+  lengths = []
+  for j in range(1, segments + 1):
+    length = -(-(prompt_len + -(-max_new_tokens * j // segments)) // kvc.KEY_CHUNK) * kvc.KEY_CHUNK
+    if not lengths or length > lengths[-1]:
+      lengths.append(length)
+  return lengths
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeSpec:
   """Everything static about one compiled generate."""
@@ -95,6 +115,7 @@ class DecodeSpec:
   stop_sequences: tuple[tuple[int, ...], ...]
   pad_id: int
   record_logprobs: bool
+  segments: int
 
 
 class Samples(NamedTuple):
@@ -134,7 +155,8 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Ar
   model = nnx.merge(graphdef, state)
   batch, prompt_len = prompt_BxP.shape
   n = spec.max_new_tokens
-  cache = kvc.init_cache(model.cfg, batch, prompt_len + n)
+  lengths = cache_lengths(prompt_len, n, spec.segments)
+  cache = kvc.init_cache(model.cfg, batch, prompt_len)
   positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=1) - 1, 0)
   hidden, cache = model(prompt_BxP, positions_BxP, prompt_mask_BxP, cache)
   window = max([len(s) for s in spec.stop_sequences], default=1)
@@ -166,9 +188,9 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Ar
   cos_BxN, sin_BxN = model.rope(last_position_B[:, None] + jnp.arange(n))
   split_state = _split_layers(state)
 
-  def cond(loop):
+  def cond(end, loop):
     i, _, carry = loop
-    return (i < n) & jnp.any(carry[2] > i)
+    return (i < end) & jnp.any(carry[2] > i)
 
   def body(loop):
     i, cache, carry = loop
@@ -179,7 +201,14 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Ar
     hidden, cache = decoder(tokens_Bx1, positions_Bx1, jnp.ones_like(tokens_Bx1), cache, rope=rope)
     return i + 1, cache, emit(i, _logits(decoder, hidden[:, 0]), carry)
 
-  _, _, (tokens, logprobs, length, finish, _) = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, carry))
+  loop = (jnp.int32(1), cache, carry)
+  for slots in lengths:
+    # Step i writes its input token's key at slot prompt_len + i - 1, so a cache of `slots` serves steps up to
+    # slots - prompt_len.
+    i, cache, carry = loop
+    loop = jax.lax.while_loop(functools.partial(cond, min(n, slots - prompt_len + 1)), body,
+                              (i, kvc.grow(cache, slots), carry))
+  _, _, (tokens, logprobs, length, finish, _) = loop
   length = jnp.minimum(length, n)
   mask = (jnp.arange(n)[None, :] < length[:, None]).astype(jnp.int32)
   return {"tokens": tokens, "mask": mask, "finish": finish, "logprobs": logprobs}
@@ -201,7 +230,7 @@ class Sampler:
         max_new_tokens=cfg_rollout.max_new_tokens, temperature=float(cfg_rollout.temperature),
         top_k=cfg_rollout.top_k, top_p=float(cfg_rollout.top_p),
         stop_sequences=tuple(tuple(s) for s in cfg_rollout.stop_sequences), pad_id=int(pad_id),
-        record_logprobs=bool(cfg_rollout.record_behaviour_logprobs))
+        record_logprobs=bool(cfg_rollout.record_behaviour_logprobs), segments=cfg_rollout.decode_segments)
     self.eos_E = np.asarray(eos_ids, np.int32)
     self._state_shardings = None if mesh is None else state_shardings(state, mesh)
 

@@ -8,7 +8,7 @@ from scipy import stats
 
 from asympo_jax import config as config_lib
 from asympo_jax import hf_io
-from asympo_jax.sampler import Sampler, prompt_bucket, rollout_mesh
+from asympo_jax.sampler import Sampler, cache_lengths, prompt_bucket, rollout_mesh
 from tiny_checkpoints import make_checkpoint, positions_from_mask, torch_logits
 
 VOCAB = 101  # tiny_checkpoints' vocabulary
@@ -175,6 +175,34 @@ def test_disjoint_rollout_devices_sample_the_same(checkpoint):
   np.testing.assert_array_equal(got.tokens_BxN, want.tokens_BxN)
 
 
+def test_decode_segments_change_nothing_but_the_cache_length(checkpoint):
+  # 64 new tokens after a 16-token bucket: the cache grows 64 -> 96 slots (2 segments) or 32 -> 64 -> 96 (4);
+  # EOS 11 ends some rows early, so a segment also starts with finished rows.
+  _, model = checkpoint
+  prompts = random_prompts([3, 16], seed=5)
+  runs = {}
+  for segments in (1, 2, 4):
+    cfg = rollout_cfg(**{**FILTERED, "max_new_tokens": 64, "decode_segments": segments})
+    runs[segments] = Sampler(model, cfg, eos_ids=[11], pad_id=0).generate(nnx.state(model), prompts, seed=1,
+                                                                          step=2)
+  assert (runs[1].mask_BxN.sum(1) > 40).any() and (runs[1].finish_B == 1).any()
+  for segments in (2, 4):
+    np.testing.assert_array_equal(runs[segments].tokens_BxN, runs[1].tokens_BxN)
+    np.testing.assert_array_equal(runs[segments].finish_B, runs[1].finish_B)
+    np.testing.assert_allclose(runs[segments].logprobs_BxN, runs[1].logprobs_BxN, atol=1e-6)
+
+
+def test_cache_lengths_cover_every_step_in_whole_chunks():
+  for prompt_len, new, segments in [(16, 64, 2), (32, 64, 2), (16, 64, 4), (64, 1, 3), (16, 10, 2), (128, 1000, 5)]:
+    lengths = cache_lengths(prompt_len, new, segments)
+    assert lengths == sorted(set(lengths)) and len(lengths) <= segments
+    assert all(n % 32 == 0 for n in lengths)
+    assert prompt_len + new <= lengths[-1] < prompt_len + new + 32
+  assert cache_lengths(32, 64, 2) == [64, 96]
+  assert cache_lengths(16, 64, 4) == [32, 64, 96]
+  assert cache_lengths(32, 64, 1) == [96]
+
+
 def test_prompt_buckets_are_few_and_fit():
   for max_len in (16, 48, 64):
     buckets = {prompt_bucket(n, max_len) for n in range(1, max_len + 1)}
@@ -184,7 +212,7 @@ def test_prompt_buckets_are_few_and_fit():
 
 @pytest.mark.parametrize("key,value", [("top_p", 0.0), ("temperature", -1.0), ("top_k", -2),
                                        ("stop_sequences", [[]]), ("devices", "6:12"), ("devices", "3"),
-                                       ("group_size", 0)])
+                                       ("group_size", 0), ("decode_segments", 0)])
 def test_bad_rollout_config_names_the_key(checkpoint, key, value):
   _, model = checkpoint
   cfg = rollout_cfg(**{key: value})

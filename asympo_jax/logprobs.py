@@ -1,7 +1,7 @@
 """Token log-probs and entropies of a sequence from final hidden states and the unembedding matrix.
 
 logprobs_BxT[:, t] = log p(tokens[:, t] | tokens[:, <t]), scored from hidden_BxTxD[:, t - 1]; column 0
-(no context) is 0. Everything is computed in float32, whatever the parameter dtype.
+(no context) is 0, and so is every column before `start` when one is given. Everything is computed in float32, whatever the parameter dtype.
 
 The direct version materialises the [B, T, V] float32 logits (and their gradient), 2.3 GiB each for B=8,
 T=512 on a 152k vocabulary. The chunked version maps over time chunks and rematerialises each
@@ -34,12 +34,18 @@ def _score(hidden_BxTxD: Array, unembed_DxV: Array, targets_BxT: Array) -> tuple
   return (target_logit_N - lse_N).reshape(B, T), entropy_N.reshape(B, T)
 
 
-def token_logprobs(hidden_BxTxD: Array, unembed_DxV: Array, tokens_BxT: Array,
-                   chunk: int = 0) -> tuple[Array, Array]:
-  """(logprobs_BxT, entropy_BxT), shifted so position t scores token t; chunk > 0 chunks over time."""
+def token_logprobs(hidden_BxTxD: Array, unembed_DxV: Array, tokens_BxT: Array, chunk: int = 0,
+                   start: int = 1) -> tuple[Array, Array]:
+  """(logprobs_BxT, entropy_BxT), shifted so position t scores token t; chunk > 0 chunks over time.
+
+  Only the columns t >= start are scored (the others are 0): a train batch's loss covers its response
+  columns only, and the LM head over the prompt columns would be a third of the DESIGN §3 train step's LM head.
+  """
   B, T, D = hidden_BxTxD.shape
-  context_BxSxD, targets_BxS = hidden_BxTxD[:, :-1], tokens_BxT[:, 1:]
-  S = T - 1
+  if not 1 <= start < T:
+    raise ValueError(f"start must be in [1, {T}) for {T} tokens, got {start}")
+  context_BxSxD, targets_BxS = hidden_BxTxD[:, start - 1:-1], tokens_BxT[:, start:]
+  S = T - start
   if chunk <= 0 or chunk >= S:
     lp_BxS, ent_BxS = _score(context_BxSxD, unembed_DxV, targets_BxS)
   else:
@@ -50,5 +56,5 @@ def token_logprobs(hidden_BxTxD: Array, unembed_DxV: Array, tokens_BxT: Array,
     # checkpoint: the backward pass recomputes each chunk's logits instead of storing all of them.
     scored = jax.lax.map(jax.checkpoint(lambda a: _score(a[0], unembed_DxV, a[1])), (ctx_NxBxCxD, tgt_NxBxC))
     lp_BxS, ent_BxS = (s.swapaxes(0, 1).reshape(B, n * chunk)[:, :S] for s in scored)
-  first_Bx1 = jnp.zeros((B, 1), jnp.float32)
-  return jnp.concatenate([first_Bx1, lp_BxS], axis=1), jnp.concatenate([first_Bx1, ent_BxS], axis=1)
+  unscored = jnp.zeros((B, start), jnp.float32)
+  return jnp.concatenate([unscored, lp_BxS], axis=1), jnp.concatenate([unscored, ent_BxS], axis=1)

@@ -58,11 +58,13 @@ def positions_of(input_mask_BxT: jax.Array) -> jax.Array:
 
 
 def policy_logprobs(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, batch: Batch,
-                    chunk: int) -> tuple[jax.Array, jax.Array]:
-  """(logprobs_BxT, entropy_BxT) of the batch's own tokens under `params`."""
+                    chunk: int, response_len: int) -> tuple[jax.Array, jax.Array]:
+  """(logprobs_BxT, entropy_BxT) of the batch's own tokens under `params`, on its last `response_len`
+  columns (0 elsewhere): in a train batch (contracts.md) the responses and so the loss are there."""
   model = nnx.merge(graphdef, params, rest)
   hidden_BxTxD, _ = model(batch["tokens"], positions_of(batch["input_mask"]), batch["input_mask"])
-  return token_logprobs(hidden_BxTxD, model.unembedding(), batch["tokens"], chunk)
+  T = batch["tokens"].shape[1]
+  return token_logprobs(hidden_BxTxD, model.unembedding(), batch["tokens"], chunk, start=max(1, T - response_len))
 
 
 def _inputs(cfg: ml_collections.ConfigDict, lp_BxT, ent_BxT, mb: Batch, ref_BxT) -> objectives.Inputs:
@@ -84,11 +86,11 @@ def micro_batch_loss(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, res
   With objective.split_grad_norms the loss is a vector [total, positive part, negative part] (the policy
   loss of the positive- and negative-advantage responses), so one forward serves three backward passes.
   """
-  chunk = cfg.train.logprob_chunk
-  lp_BxT, ent_BxT = policy_logprobs(graphdef, params, rest, mb, chunk)
+  score = dict(chunk=cfg.train.logprob_chunk, response_len=cfg.rollout.max_new_tokens)
+  lp_BxT, ent_BxT = policy_logprobs(graphdef, params, rest, mb, **score)
   ref_BxT = None
   if ref_params is not None:
-    ref_BxT = jax.lax.stop_gradient(policy_logprobs(graphdef, ref_params, rest, mb, chunk)[0])
+    ref_BxT = jax.lax.stop_gradient(policy_logprobs(graphdef, ref_params, rest, mb, **score)[0])
   x = _inputs(cfg, lp_BxT, ent_BxT, mb, ref_BxT)
   loss, metrics = objectives.loss_and_metrics(cfg.objective, x, denoms)
   if cfg.objective.split_grad_norms:

@@ -8,9 +8,11 @@ PyTorch model of the same architecture and weights with the same loss, clipping 
 2 threads, in its own process (benchmarks/torch_reference.py). Each side reports its best of `--steps`
 steps after a warm-up step.
 
-FLOPs per step: workloads.train_step_flops (forward + backward = 3 x forward, LM head included). MFU divides
-the achieved FLOP/s by the best f32 matmul rate measured in this run (2048^3 jnp.dot and torch.mm, each in
-its own process; whichever is faster).
+FLOPs per step: workloads.train_step_flops (forward + backward = 3 x forward, LM head included on the 64
+response columns, the ones the loss scores). Our step computes the LM head on those columns only; the
+reference, as transformers' forward does by default, computes logits for every column, which is work its
+MFU does not count. MFU divides the achieved FLOP/s by the best f32 matmul rate measured in this run
+(2048^3 jnp.dot and torch.mm, each in its own process; whichever is faster).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ def jax_step_seconds(path: str, steps: int, chunk: int) -> float:
   """Best seconds of our jitted train step (after a compiling first step)."""
   cfg = base_config()
   cfg.rollout.prompts_per_step, cfg.rollout.group_size = workloads.B // workloads.G, workloads.G
+  cfg.rollout.max_prompt_len, cfg.rollout.max_new_tokens = workloads.PROMPT, workloads.RESPONSE
   cfg.optim.lr, cfg.optim.clip_norm = 1e-5, 1.0
   cfg.train.logprob_chunk = chunk
   mesh = Mesh(np.array(jax.devices()).reshape(1, 1, 1), ("data", "fsdp", "tensor"))

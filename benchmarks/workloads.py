@@ -66,10 +66,11 @@ def forward_flops_per_token(size: str, context: float) -> float:
 
 def train_step_flops(size: str) -> float:
   """Matmul FLOPs of one train step, forward + backward = 3 x forward:
-  6 * B * T * (layer weights + D * V)  +  12 * layers * B * T^2 * heads * head_dim
-  (the LM head is counted; the second term is attention scores and values over the full T x T square)."""
+  6 * B * (T * layer weights + RESPONSE * D * V)  +  12 * layers * B * T^2 * heads * head_dim
+  (the LM head is counted on the RESPONSE columns, the ones the loss scores; the last term is attention
+  scores and values over the full T x T square)."""
   c = scratch.SIZES[size]
-  return (6 * B * T * (c["num_layers"] * _layer_weights(c) + c["hidden_size"] * c["vocab_size"])
+  return (6 * B * (T * c["num_layers"] * _layer_weights(c) + RESPONSE * c["hidden_size"] * c["vocab_size"])
           + 12 * c["num_layers"] * B * T * T * c["num_heads"] * c["head_dim"])
 
 

@@ -93,3 +93,25 @@ def test_gradients_match_an_explicit_log_softmax():
   np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
   for a, b in zip(got[1], want[1]):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_start_scores_only_the_later_columns_with_the_same_values_and_gradients():
+  hidden, unembed, tokens = case(2)
+  w = jax.random.normal(jax.random.key(8), (B, T))
+  start = 5
+
+  def weighted(h, u, s):
+    lp, ent = token_logprobs(h, u, tokens, start=s)
+    return jnp.sum(w[:, start:] * (lp + 0.3 * ent)[:, start:]), (lp, ent)
+
+  (val, (lp, ent)), grads = jax.value_and_grad(weighted, argnums=(0, 1), has_aux=True)(hidden, unembed, start)
+  (want, (lp_all, ent_all)), want_grads = jax.value_and_grad(weighted, argnums=(0, 1), has_aux=True)(
+      hidden, unembed, 1)
+  np.testing.assert_allclose(lp[:, start:], lp_all[:, start:], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(ent[:, start:], ent_all[:, start:], rtol=1e-6, atol=1e-6)
+  assert np.all(np.asarray(lp[:, :start]) == 0) and np.all(np.asarray(ent[:, :start]) == 0)
+  np.testing.assert_allclose(val, want, rtol=1e-6)
+  for g, g_all in zip(grads, want_grads):
+    np.testing.assert_allclose(g, g_all, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="start"):
+    token_logprobs(hidden, unembed, tokens, start=T)

@@ -100,6 +100,27 @@ def test_four_micro_batches_equal_one(case):
   assert sum(np.abs(g).sum() for g in jax.tree.leaves(one[1])) > 0
 
 
+@pytest.mark.parametrize("case", ["asympo", "grpo"])
+def test_scoring_only_the_response_columns_changes_nothing(case):
+  # The step scores the last rollout.max_new_tokens columns only; scoring every column (max_new_tokens = T - 1)
+  # must give the same loss, gradients and metrics, entropy bonus and KL included, since the loss masks the
+  # prompt columns out.
+  overrides = {"rollout.record_behaviour_logprobs": True, **CASES[case]}
+  cfg = tiny_config(**overrides)
+  T = cfg.rollout.max_prompt_len + cfg.rollout.max_new_tokens
+  everything = tiny_config(**overrides, **{"rollout.max_new_tokens": T - 1})
+  graphdef, params, rest = nnx.split(tiny_model(), nnx.Param, ...)
+  ref = nnx.split(tiny_model(seed=1), nnx.Param, ...)[1] if cfg.objective.kl_coef > 0 else None
+  batch = synthetic_batch(cfg, seed=5, behaviour=True)
+  run = lambda c: jax.jit(lambda p: train_step.loss_and_grads(c, graphdef, rest, p, batch, ref))(params)
+  (loss, grads, metrics), (want_loss, want_grads, want_metrics) = run(cfg), run(everything)
+  tol = dict(rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(loss, want_loss, **tol)
+  _assert_trees_close(grads, want_grads, **tol)
+  _assert_trees_close(metrics, want_metrics, **tol)
+  assert sum(np.abs(g).sum() for g in jax.tree.leaves(grads)) > 0
+
+
 def test_nonfinite_gradient_skips_the_update():
   cfg = tiny_config()
   batch = synthetic_batch(cfg, seed=3)

@@ -55,7 +55,7 @@ def bench(name: str, repeats: int, peak: float, with_reference: bool) -> None:
     ref = workloads.reference_seconds("generate", path, repeats)
   t_ref = ref["seconds"]
   print(f"{name:6s} transformers  {tokens / t_ref:9.0f} tokens/s  ({t_ref:.3f} s, MFU {flops / t_ref / peak:5.1%}; "
-        f"torch {ref['torch']}, {ref['threads']} threads, own process)")
+        f"torch {ref['torch']}, {ref['threads']} threads, own process, {ref['malloc']})")
   print(f"{name:6s} ratio         {t_ref / t_ours:9.2f} x", flush=True)
 
 

@@ -1,4 +1,5 @@
 """Checkpointer: round trip of sharded arrays and JSON meta, keep-N, restore into another sharding."""
+import logging
 import os
 import signal
 
@@ -6,6 +7,7 @@ import jax
 import pytest
 import jax.numpy as jnp
 import numpy as np
+from absl import logging as absl_logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from asympo_jax import checkpoint
@@ -51,3 +53,18 @@ def test_stop_signals_set_the_flag_instead_of_killing(sig):
   finally:
     stop.restore()
   assert signal.getsignal(sig) is before
+
+
+def test_orbax_info_records_are_dropped_and_warnings_kept(monkeypatch):
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "checkpoint_manager.py")
+  ours = os.path.join(os.sep, "repo", "asympo_jax", "trainer.py")
+  record = lambda path, level: logging.LogRecord("absl", level, path, 1, "message", None, None)
+  checkpoint.quiet_orbax_info_logs()
+  checkpoint.quiet_orbax_info_logs()
+  handler = absl_logging.get_absl_handler()
+  assert sum(isinstance(f, checkpoint.OrbaxInfoFilter) for f in handler.filters) == 1
+  assert not handler.filter(record(orbax_file, logging.INFO))
+  assert handler.filter(record(orbax_file, logging.WARNING))
+  assert handler.filter(record(ours, logging.INFO))
+  monkeypatch.setattr(absl_logging, "get_verbosity", lambda: absl_logging.DEBUG)  # --verbosity=1
+  assert handler.filter(record(orbax_file, logging.INFO))

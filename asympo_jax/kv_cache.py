@@ -45,8 +45,13 @@ class KVCache(NamedTuple):
   index: jax.Array  # int32 scalar, the next slot to write
 
 
+def chunked_slots(length: int) -> int:
+  """`length` slots rounded up to whole key chunks: the slot count of a cache that holds `length` tokens."""
+  return -(-length // KEY_CHUNK) * KEY_CHUNK
+
+
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> KVCache:
-  slots = -(-max_len // KEY_CHUNK) * KEY_CHUNK
+  slots = chunked_slots(max_len)
   k_shape = (batch, cfg.num_kv_heads, slots // KEY_CHUNK, cfg.head_dim, KEY_CHUNK)
   v_shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
   dtype = dtype or cfg.param_dtype
@@ -57,7 +62,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = N
 
 def grow(cache: KVCache, max_len: int) -> KVCache:
   """`cache` with max_len slots (rounded up to a multiple of KEY_CHUNK); the added slots are empty (a copy)."""
-  slots = -(-max_len // KEY_CHUNK) * KEY_CHUNK
+  slots = chunked_slots(max_len)
   extra = slots - cache.mask_BxS.shape[1]
   if extra < 0:
     raise ValueError(f"cannot shrink a cache of {cache.mask_BxS.shape[1]} slots to {slots}")

@@ -99,7 +99,7 @@ def cache_lengths(prompt_len: int, max_new_tokens: int, segments: int) -> list[i
   to whole key chunks."""
   lengths = []
   for j in range(1, segments + 1):
-    length = -(-(prompt_len + -(-max_new_tokens * j // segments)) // kvc.KEY_CHUNK) * kvc.KEY_CHUNK
+    length = kvc.chunked_slots(prompt_len + -(-max_new_tokens * j // segments))
     if not lengths or length > lengths[-1]:
       lengths.append(length)
   return lengths

@@ -10,11 +10,12 @@ all batch shards the same way the full batch is, so no device idles while anothe
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -51,6 +52,25 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, mesh: Mesh) 
   shardings = state_shardings(sharding.state_shardings(params, mesh), tx, params, mesh)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   return TrainState(params, opt_state), shardings
+
+
+def check_batch(batch: Mapping[str, Any], cfg_rollout: ml_collections.ConfigDict) -> None:
+  """Raises ValueError unless a host batch has the layout the step relies on (contracts.md): the fields it
+  reads, T = max_prompt_len + max_new_tokens columns, and loss_mask 0 on the prompt columns. The step scores
+  only the last max_new_tokens columns, so a loss token before them would silently drop out of the loss."""
+  missing = [k for k in ("tokens", "input_mask", "loss_mask", "rewards") if k not in batch]
+  if missing:
+    raise ValueError(f"train batch: missing fields {missing} (contracts.md)")
+  prompt, response = cfg_rollout.max_prompt_len, cfg_rollout.max_new_tokens
+  width = np.shape(batch["tokens"])[1]
+  if width != prompt + response:
+    raise ValueError(f"train batch: tokens has {width} columns, expected rollout.max_prompt_len + "
+                     f"rollout.max_new_tokens = {prompt} + {response} (contracts.md)")
+  rows = np.flatnonzero(np.any(np.asarray(batch["loss_mask"])[:, :prompt] != 0, axis=1))
+  if rows.size:
+    raise ValueError(f"train batch: loss_mask is non-zero in the first rollout.max_prompt_len={prompt} (prompt) "
+                     f"columns of rows {rows[:5].tolist()}; responses must sit in the last "
+                     f"rollout.max_new_tokens={response} columns (contracts.md)")
 
 
 def positions_of(input_mask_BxT: jax.Array) -> jax.Array:

@@ -162,6 +162,7 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
         batch, info = run.pending.pop(step)
       else:
         local, info = gen.get(step)
+        train_step.check_batch(local, cfg.rollout)
         batch = _to_global(local, run.rows)
       t1 = time.perf_counter()
       run.state, step_metrics = step_fn(run.state, batch, run.ref_params)

@@ -157,3 +157,33 @@ def test_split_grad_norms_are_the_norms_of_each_side():
   metrics, (pos, neg) = run(params)
   np.testing.assert_allclose(metrics["grad_norm/pos"], pos, rtol=1e-5)
   np.testing.assert_allclose(metrics["grad_norm/neg"], neg, rtol=1e-5)
+
+
+def test_check_batch_refuses_what_response_only_scoring_would_get_wrong():
+  cfg = tiny_config()
+  good = synthetic_batch(cfg, seed=0)
+  train_step.check_batch(good, cfg.rollout)
+  prompt_loss = {**good, "loss_mask": good["loss_mask"].copy()}
+  prompt_loss["loss_mask"][2, cfg.rollout.max_prompt_len - 1] = 1.0  # the last prompt column
+  with pytest.raises(ValueError, match=r"loss_mask is non-zero .* rows \[2\]"):
+    train_step.check_batch(prompt_loss, cfg.rollout)
+  wide = {k: np.pad(v, ((0, 0), (1, 0))) if v.ndim == 2 else v for k, v in good.items()}
+  with pytest.raises(ValueError, match="tokens has 13 columns, expected .* 4 \\+ 8"):
+    train_step.check_batch(wide, cfg.rollout)
+  with pytest.raises(ValueError, match=r"missing fields \['loss_mask'\]"):
+    train_step.check_batch({k: v for k, v in good.items() if k != "loss_mask"}, cfg.rollout)
+
+
+def test_trainer_stops_on_a_batch_that_breaks_the_contract(tmp_path):
+  from asympo_jax import trainer  # the loop, with a builder that puts loss on a prompt column
+
+  cfg = tiny_config(**{"workdir": str(tmp_path), "train.steps": 1, "metrics.progress_bar": False,
+                       "metrics.tensorboard": False})
+
+  def build_batch(params, step):
+    batch = synthetic_batch(cfg, seed=step)
+    batch["loss_mask"][:, 0] = 1.0
+    return batch, {}
+
+  with pytest.raises(ValueError, match="loss_mask is non-zero"):
+    trainer.train(cfg, _mesh((1, 1, 1)), tiny_model(_mesh((1, 1, 1))), build_batch)

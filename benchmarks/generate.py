@@ -4,13 +4,13 @@ DESIGN §3 workload: 64 prompts of 32 tokens, 64 new tokens each, temperature 1.
 token is given to either side), float32, random-init Qwen3 `tiny` and `small`. The reference runs in its own
 process (benchmarks/torch_reference.py: sharing a process with JAX slows torch several-fold) with as many
 threads as this machine has cores. Each side is timed over `--repeats` runs after one warm-up run
-(compilation for JAX); the best run is reported.
+(compilation for JAX), in `--rounds` alternations of the two sides; the best run of each side is reported.
 
 MFU counts matmul FLOPs per generated token (workloads.forward_flops_per_token, the attention at the mean
 context of 32 + 32 tokens) against the f32 matmul peak measured in this run; prefill is not counted, so MFU
 is a lower bound.
 
-    python -m benchmarks.generate [--configs tiny,small] [--repeats 3] [--no-reference]
+    python -m benchmarks.generate [--configs tiny,small] [--repeats 3] [--rounds 2] [--no-reference]
 
 The machine's load average is printed: other processes slow both sides, multi-threaded torch more so.
 """
@@ -29,7 +29,7 @@ from asympo_jax.sampler import Sampler
 from benchmarks import workloads
 
 
-def bench(name: str, repeats: int, peak: float, with_reference: bool) -> None:
+def bench(name: str, repeats: int, rounds: int, peak: float, with_reference: bool) -> None:
   with tempfile.TemporaryDirectory() as path:
     workloads.write_checkpoint(name, path)
     model = hf_io.load_model(path)
@@ -47,12 +47,15 @@ def bench(name: str, repeats: int, peak: float, with_reference: bool) -> None:
 
     tokens = workloads.PROMPTS * workloads.NEW_TOKENS
     flops = tokens * workloads.forward_flops_per_token(name, workloads.PROMPT_LEN + workloads.NEW_TOKENS / 2)
-    t_ours = workloads.best_seconds(ours, repeats)
-    mfu = flops / t_ours / peak
-    print(f"{name:6s} jax sampler   {tokens / t_ours:9.0f} tokens/s  ({t_ours:.3f} s, MFU {mfu:5.1%})", flush=True)
-    if not with_reference:
-      return
-    ref = workloads.reference_seconds("generate", path, repeats)
+    if with_reference:
+      t_ours, ref = workloads.alternate(lambda: workloads.best_seconds(ours, repeats),
+                                        lambda: workloads.reference_seconds("generate", path, repeats), rounds, name)
+    else:
+      t_ours = workloads.best_seconds(ours, repeats * rounds)
+  mfu = flops / t_ours / peak
+  print(f"{name:6s} jax sampler   {tokens / t_ours:9.0f} tokens/s  ({t_ours:.3f} s, MFU {mfu:5.1%})", flush=True)
+  if not with_reference:
+    return
   t_ref = ref["seconds"]
   print(f"{name:6s} transformers  {tokens / t_ref:9.0f} tokens/s  ({t_ref:.3f} s, MFU {flops / t_ref / peak:5.1%}; "
         f"torch {ref['torch']}, {ref['threads']} threads, own process, {ref['malloc']})")
@@ -62,7 +65,9 @@ def bench(name: str, repeats: int, peak: float, with_reference: bool) -> None:
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--configs", default="tiny,small")
-  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--repeats", type=workloads.positive_int, default=3)
+  ap.add_argument("--rounds", type=workloads.positive_int, default=2,
+                  help="alternations of ours and the reference; each side's best run counts")
   ap.add_argument("--no-reference", action="store_true", help="skip transformers (quicker iterations)")
   args = ap.parse_args()
   names = args.configs.split(",")
@@ -75,7 +80,7 @@ def main() -> None:
   print(f"workload: {workloads.PROMPTS} prompts x {workloads.PROMPT_LEN} tokens, {workloads.NEW_TOKENS} new tokens "
         "each, temperature 1.0")
   for name in names:
-    bench(name, args.repeats, peak, not args.no_reference)
+    bench(name, args.repeats, args.rounds, peak, not args.no_reference)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Train-step throughput and MFU on the DESIGN §3 train workload, beside a PyTorch reference step.
 
-    python -m benchmarks.train_step [--configs tiny,small] [--steps 3] [--chunk 0]
+    python -m benchmarks.train_step [--configs tiny,small] [--steps 3] [--rounds 2] [--chunk 0]
 
 Workload: 64 sequences of 96 tokens (32 prompt + 64 response), asympo loss, one AdamW update, float32,
 one micro-batch, on all of this machine's CPU cores as one JAX device. The reference is transformers'
 PyTorch model of the same architecture and weights with the same loss, clipping and torch.optim.AdamW,
-2 threads, in its own process (benchmarks/torch_reference.py). Each side reports its best of `--steps`
-steps after a warm-up step.
+2 threads, in its own process (benchmarks/torch_reference.py). Each side runs `--steps` steps after a
+warm-up step, in `--rounds` alternations of the two sides, and reports its best step.
 
 FLOPs per step: workloads.train_step_flops (forward + backward = 3 x forward, LM head included on the 64
 response columns, the ones the loss scores). Our step computes the LM head on those columns only; the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from typing import Callable
 
 import jax
 import numpy as np
@@ -30,8 +31,9 @@ from asympo_jax.config import base_config
 from benchmarks import workloads
 
 
-def jax_step_seconds(path: str, steps: int, chunk: int) -> float:
-  """Best seconds of our jitted train step (after a compiling first step)."""
+def jax_step(path: str, chunk: int) -> Callable[[], None]:
+  """One call = one of our jitted train steps on the workload batch, blocking until it is done (the first call
+  compiles)."""
   cfg = base_config()
   cfg.rollout.prompts_per_step, cfg.rollout.group_size = workloads.B // workloads.G, workloads.G
   cfg.rollout.max_prompt_len, cfg.rollout.max_new_tokens = workloads.PROMPT, workloads.RESPONSE
@@ -50,13 +52,15 @@ def jax_step_seconds(path: str, steps: int, chunk: int) -> float:
     holder[0], metrics = step(holder[0], batch)
     jax.block_until_ready(metrics)
 
-  return workloads.best_seconds(one, steps)
+  return one
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--configs", default="tiny,small")
-  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--steps", type=workloads.positive_int, default=3)
+  parser.add_argument("--rounds", type=workloads.positive_int, default=2,
+                      help="alternations of ours and the reference; each side's best run counts")
   parser.add_argument("--chunk", type=int, default=0, help="train.logprob_chunk")
   args = parser.parse_args()
   jax_peak = workloads.matmul_peak_flops()
@@ -68,8 +72,10 @@ def main():
     flops = workloads.train_step_flops(name)
     with tempfile.TemporaryDirectory() as path:
       workloads.write_checkpoint(name, path)
-      ours = jax_step_seconds(path, args.steps, args.chunk)
-      ref = workloads.reference_seconds("train_step", path, args.steps)
+      one = jax_step(path, args.chunk)
+      ours, ref = workloads.alternate(lambda: workloads.best_seconds(one, args.steps),
+                                      lambda: workloads.reference_seconds("train_step", path, args.steps),
+                                      args.rounds, name)
     peak = max(jax_peak, ref["matmul_peak_flops"])
     print(f"f32 matmul peak (2048^3): jax {jax_peak / 1e9:.1f} GFLOP/s, torch {ref['matmul_peak_flops'] / 1e9:.1f} "
           f"GFLOP/s -> {peak / 1e9:.1f}")

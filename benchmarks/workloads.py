@@ -6,6 +6,7 @@ module too, so nothing here starts JAX at import time.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -84,6 +85,31 @@ def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
     fn()
     best = min(best, time.perf_counter() - start)
   return best
+
+
+def positive_int(text: str) -> int:
+  """argparse type for counts of runs, steps and rounds."""
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
+
+
+def alternate(ours: Callable[[], float], reference: Callable[[], dict[str, Any]], rounds: int,
+              label: str) -> tuple[float, dict[str, Any]]:
+  """Runs `ours` (seconds) and `reference` (a `reference_seconds` result) `rounds` times each, alternately, and
+  returns each side's fastest (the reference with the highest matmul peak it measured). This machine's speed
+  drifts by up to 20% within minutes; alternating gives both sides the same chance at its fast spells, where
+  one block each would hand the ratio to whichever side ran in the faster one. Prints every round."""
+  best_ours, best_ref, peak = float("inf"), None, 0.0
+  for i in range(rounds):
+    t_ours, ref = ours(), reference()
+    print(f"{label} round {i + 1}/{rounds}: ours {t_ours:.3f} s, reference {ref['seconds']:.3f} s "
+          f"({ref['malloc']}), load average {os.getloadavg()[0]:.1f}", flush=True)
+    best_ours, peak = min(best_ours, t_ours), max(peak, ref["matmul_peak_flops"])
+    if best_ref is None or ref["seconds"] < best_ref["seconds"]:
+      best_ref = ref
+  return best_ours, {**best_ref, "matmul_peak_flops": peak}
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:

@@ -9,6 +9,8 @@ separated by commas):
                                                read from the answer field: raw | gsm8k ("#### n") | boxed
   gym:basic_arithmetic?size=500&seed=1&max_terms=3
                                                a seeded reasoning-gym task; the other keys go to its config
+  math500_test?where.level=4|5                 a benchmark or file keeping only the records whose field
+                                               (here `level`) reads as one of the |-separated values
 
 Named benchmarks read the local files in config.data.dir (default: ../shared/data/math beside the repo, see
 default_data_dir);
@@ -30,7 +32,7 @@ import numpy as np
 import reasoning_gym
 
 from asympo_jax import answers, prompts
-from asympo_jax.config import check
+from asympo_jax.config import ConfigError, check
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -151,19 +153,51 @@ def _records(path: pathlib.Path) -> Iterable[tuple[str, Any]]:
           raise DataError(f"{path}:{line_number}: unreadable JSON record: {e}") from e
 
 
-def load_file(path: str | pathlib.Path, fields: Fields, source: str) -> list[Problem]:
+Filter = Mapping[str, frozenset[str]]  # record field -> the values (as text) a kept record may have there
+
+WHERE = "where."  # the prefix of filter options: where.level=4|5
+
+
+def split_filter(options: Mapping[str, str]) -> tuple[dict[str, str], Filter]:
+  """A spec's options without its `where.<field>=a|b` filters, and those filters."""
+  rest = {k: v for k, v in options.items() if not k.startswith(WHERE)}
+  return rest, {k[len(WHERE):]: frozenset(v.split("|")) for k, v in options.items() if k.startswith(WHERE)}
+
+
+def _problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str, keep: Filter) -> list[Problem]:
+  """The rows ((location, record) pairs) that pass `keep`, as Problems. A record's id defaults to its number
+  in the whole file, so filtering does not renumber problems."""
+  seen: dict[str, set[str]] = {field: set() for field in keep}
+  problems = []
+  for number, (where, record) in enumerate(rows):
+    if keep and isinstance(record, Mapping):
+      missing = sorted(set(keep) - set(record))
+      if missing:
+        raise DataError(f"{where}: missing field {missing[0]!r} ({WHERE}{missing[0]}); the record has {sorted(record)}")
+      values = {field: _as_text(record[field]) for field in keep}
+      for field, value in values.items():
+        seen[field].add(value)
+      if not all(values[field] in allowed for field, allowed in keep.items()):
+        continue
+    problems.append(to_problem(record, fields, source, where, number))
+  if keep and not problems:
+    found = "; ".join(f"{field}: {sorted(values)[:20]}" for field, values in seen.items())
+    raise DataError(f"{source}: no record passes the filter; values found ({found})")
+  return problems
+
+
+def load_file(path: str | pathlib.Path, fields: Fields, source: str, keep: Filter | None = None) -> list[Problem]:
   if fields.format not in ANSWER_FORMATS:
     raise DataError(f"{source}: unknown answer format {fields.format!r}; known: {sorted(ANSWER_FORMATS)}")
-  return [to_problem(record, fields, source, where, i)
-          for i, (where, record) in enumerate(_records(pathlib.Path(path)))]
+  return _problems(_records(pathlib.Path(path)), fields, source, keep or {})
 
 
-def load_hub(benchmark: Benchmark, source: str) -> list[Problem]:
+def load_hub(benchmark: Benchmark, source: str, keep: Filter | None = None) -> list[Problem]:
   import datasets  # heavy to import and only needed online
 
   rows = datasets.load_dataset(benchmark.hub_id, benchmark.hub_config, split=benchmark.hub_split)
   where = f"{benchmark.hub_id}[{benchmark.hub_split}]"
-  return [to_problem(row, benchmark.fields, source, f"{where} row {i}", i) for i, row in enumerate(rows)]
+  return _problems(((f"{where} row {i}", row) for i, row in enumerate(rows)), benchmark.fields, source, keep or {})
 
 
 def _literal(text: str) -> Any:
@@ -211,25 +245,30 @@ def load(spec: str, data_dir: str | pathlib.Path = "", hub: bool = False, limit:
   """The problems of one spec (see the module docstring), the first `limit` of them when limit > 0."""
   kind, _, rest = spec.partition(":") if spec.startswith(("file:", "gym:")) else ("", "", spec)
   target, _, query = rest.partition("?")
-  options = parse_options(query, spec)
+  options, keep = split_filter(parse_options(query, spec))
   if kind == "file":
     unknown = set(options) - {f.name for f in dataclasses.fields(Fields)}
     if unknown or not {"question", "answer"} <= set(options):
-      raise DataError(f"{spec}: a file spec needs question= and answer= (and may give format, solution, id); "
-                      f"unknown keys: {sorted(unknown)}")
-    problems = load_file(target, Fields(**options), spec)
+      raise DataError(f"{spec}: a file spec needs question= and answer= (and may give format, solution, id, "
+                      f"{WHERE}<field>); unknown keys: {sorted(unknown)}")
+    problems = load_file(target, Fields(**options), spec, keep)
   elif kind == "gym":
+    if keep:
+      raise DataError(f"{spec}: {WHERE}<field> filters apply to benchmarks and files; a gym task is narrowed "
+                      "by its own config keys")
     problems = load_gym(target, {k: _literal(v) for k, v in options.items()}, spec)
   elif target in BENCHMARKS:
     benchmark = BENCHMARKS[target]
+    if options:
+      raise DataError(f"{spec}: a named benchmark takes only {WHERE}<field>=a|b filters, not {sorted(options)}")
     if hub:
-      problems = load_hub(benchmark, spec)
+      problems = load_hub(benchmark, spec, keep)
     elif not benchmark.local_file:
       raise DataError(f"{spec}: no local copy of this benchmark; it loads from the hub "
                       f"({benchmark.hub_id}) with config.data.hub=True on a machine with network access")
     else:
       problems = load_file(pathlib.Path(data_dir or default_data_dir()) / benchmark.local_file,
-                           benchmark.fields, spec)
+                           benchmark.fields, spec, keep)
   else:
     raise DataError(f"unknown dataset spec {spec!r}: not a benchmark ({', '.join(BENCHMARKS)}) "
                     "and not file:... or gym:...")
@@ -254,9 +293,16 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   """Checks config.data without loading anything."""
   for key in ("train", "eval"):
     for spec in split_specs(cfg.data[key]):
-      name = spec.split("?")[0]
+      name, _, query = spec.partition("?")
       check(spec.startswith(("file:", "gym:")) or name in BENCHMARKS, f"data.{key}",
             f"{spec!r} is not a benchmark ({', '.join(BENCHMARKS)}) nor file:... / gym:...")
+      if name in BENCHMARKS:
+        try:
+          options, _ = split_filter(parse_options(query, spec))
+        except DataError as e:
+          raise ConfigError(f"config.data.{key}: {e}") from e
+        check(not options, f"data.{key}", f"{spec!r}: a named benchmark takes only {WHERE}<field>=a|b filters, "
+              f"not {sorted(options)}")
   check(cfg.data.template in prompts.TEMPLATES, "data.template", f"one of {sorted(prompts.TEMPLATES)}")
   check(cfg.data.reward_workers >= 1, "data.reward_workers", "must be >= 1")
   check(cfg.data.reward_timeout_s > 0, "data.reward_timeout_s", "must be > 0")

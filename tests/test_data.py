@@ -73,10 +73,32 @@ def test_a_record_without_a_gold_answer_names_the_line(tmp_path):
     ("file:x.jsonl?question=q", "needs question= and answer="),
     ("gym:no_such_task", "reasoning-gym refused"),
     ("gym:chain_sum?size", "not key=value"),
+    ("math500_test?where.level=7", r"no record passes the filter; values found \(level: \['1', '2', '3', '4', '5'\]\)"),
+    ("math500_test?level=5", r"a named benchmark takes only where.<field>=a\|b filters, not \['level'\]"),
+    ("gsm8k_test?where.level=5", r"gsm8k_test.jsonl:1: missing field 'level' \(where.level\)"),
+    ("gym:chain_sum?where.x=1", "filters apply to benchmarks and files"),
 ])
 def test_bad_specs_fail_clearly(spec, message):
   with pytest.raises(data.DataError, match=message):
     data.load(spec)
+
+
+def test_where_filters_keep_the_records_whose_field_has_one_of_the_values():
+  with open(data.default_data_dir() / "math500_test.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  ids = lambda keep: sorted(r["unique_id"] for r in records if keep(r))
+  assert sorted(p.id for p in data.load("math500_test?where.level=5")) == ids(lambda r: r["level"] == 5)
+  assert sorted(p.id for p in data.load("math500_test?where.level=4|5")) == ids(lambda r: r["level"] in (4, 5))
+  both = data.load("math500_test?where.level=5&where.subject=Algebra")
+  assert sorted(p.id for p in both) == ids(lambda r: r["level"] == 5 and r["subject"] == "Algebra") != []
+
+
+def test_a_filtered_file_keeps_each_record_number_as_its_id(tmp_path):
+  path = tmp_path / "mine.jsonl"
+  _write_jsonl(path, [{"q": "a", "a": "1", "level": "Level 1"}, {"q": "b", "a": "2", "level": "Level 2"},
+                      {"q": "c", "a": "3", "level": "Level 1"}])
+  problems = data.load(f"file:{path}?question=q&answer=a&where.level=Level 1")
+  assert [(p.question, p.id) for p in problems] == [("a", "0"), ("c", "2")]
 
 
 def test_gym_tasks_are_seeded():
@@ -103,6 +125,14 @@ def test_validate_names_the_key():
   cfg.data.eval = "gsm8k_test,nope"
   with pytest.raises(config.ConfigError, match="config.data.eval"):
     data.validate(cfg)
+  for spec, message in [("math500_test?level=5", "takes only where"), ("math500_test?level", "not key=value")]:
+    cfg = config.base_config()
+    cfg.data.train = spec
+    with pytest.raises(config.ConfigError, match=f"config.data.train: .*{message}"):
+      data.validate(cfg)
+  cfg = config.base_config()
+  cfg.data.train = "math500_test?where.level=4|5"
+  data.validate(cfg)
   cfg = config.base_config()
   cfg.data.template = "fancy"
   with pytest.raises(config.ConfigError, match="config.data.template"):
@@ -126,6 +156,10 @@ def test_hub_loading_maps_fields_through_datasets(monkeypatch):
   assert (problem.question, problem.answer, problem.source) == ("2+2?", "1004", "gsm8k_test")
   with pytest.raises(data.DataError, match=r"HuggingFaceH4/MATH-500\[test\] row 0: missing field 'problem'"):
     data.load("math500_test", hub=True)
+  rows = [{"problem": q, "answer": "1", "solution": "", "unique_id": q, "level": level}
+          for q, level in [("x?", 3), ("y?", 5)]]
+  monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, split=None: rows)
+  assert [p.question for p in data.load("math500_test?where.level=5", hub=True)] == ["y?"]
 
 
 def test_gym_options_keep_plus_signs_and_commas():

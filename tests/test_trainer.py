@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import safetensors.numpy
 import pytest
 
 RUNNER = os.path.join(os.path.dirname(__file__), "trainer_runner.py")
@@ -83,7 +84,8 @@ def _free_port():
 
 
 def test_two_processes_equal_one(tmp_path, cache):
-  args = ["train.steps=3", "rollout.staleness=1", "train.micro_batches=2", "mesh.data=-1", "mesh.fsdp=2"]
+  args = ["train.steps=3", "rollout.staleness=1", "train.micro_batches=2", "mesh.data=-1", "mesh.fsdp=2",
+          "export=True"]
   single = _finish(_start(tmp_path / "single", 4, *args, cache=cache))
   port = _free_port()
   procs = [_start(tmp_path / "multi", 2, *args, f"distributed.coordinator='localhost:{port}'",
@@ -99,3 +101,9 @@ def test_two_processes_equal_one(tmp_path, cache):
   for a, b in zip(single_log, multi_log):
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5, atol=1e-6)
     assert a["reward/mean"] == b["reward/mean"]
+  # The HF export gathers the params that span both processes; process 0 alone writes the directory.
+  want, got = (safetensors.numpy.load_file(tmp_path / run / "hf" / "model.safetensors") for run in ("single", "multi"))
+  assert sorted(got) == sorted(want) and len(want) > 10
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  assert (tmp_path / "multi" / "hf" / "config.json").exists()

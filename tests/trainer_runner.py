@@ -2,9 +2,11 @@
 
     python tests/trainer_runner.py WORKDIR DEVICES key=value ...
 
-DEVICES is the number of host CPU devices of this process; key=value pairs override the config (dotted keys,
-Python literals), except reward_sleep=SECONDS, which slows every batch down (so a test can signal mid-run). The run uses the real trainer, generator, sampler and train step, on the tiny decoder with
-synthetic prompts and a reward that counts low token ids. At the end it writes WORKDIR/final_params.npz.
+DEVICES is the number of host CPU devices of this process; key=value pairs override the config (dotted keys, Python
+literals), except reward_sleep=SECONDS, which slows every batch down (so a test can signal mid-run), and
+export=True, which also writes the final params as a Hugging Face directory WORKDIR/hf. The run uses the real
+trainer, generator, sampler and train step, on the tiny decoder with synthetic prompts and a reward that counts low
+token ids. At the end it writes WORKDIR/final_params.npz.
 """
 import ast
 import os
@@ -24,11 +26,12 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from asympo_jax import run, sharding, trainer, validation  # noqa: E402
+from asympo_jax import hf_io, run, sharding, trainer, validation  # noqa: E402
 from train_fixtures import TINY, tiny_config, tiny_model  # noqa: E402
 
 overrides = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}
 reward_sleep = overrides.pop("reward_sleep", 0.0)
+export = overrides.pop("export", False)
 cfg = tiny_config(**{"workdir": workdir, "metrics.progress_bar": False, "metrics.tensorboard": False,
                      "rollout.max_new_tokens": 6, **overrides})
 run.initialize_distributed(cfg.distributed)
@@ -57,4 +60,7 @@ params = multihost_utils.process_allgather(nnx.to_pure_dict(result.state.params)
 if not result.stopped_by_signal and jax.process_index() == 0:
   flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
   np.savez(os.path.join(workdir, "final_params.npz"), **flat)
+if export and not result.stopped_by_signal:
+  nnx.update(model, result.state.params)
+  hf_io.save_model(model, os.path.join(workdir, "hf"))  # every process gathers; process 0 writes
 print("RESULT", result.step, result.stopped_by_signal, flush=True)

@@ -107,3 +107,5 @@ def test_two_processes_equal_one(tmp_path, cache):
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
   assert (tmp_path / "multi" / "hf" / "config.json").exists()
+  # ...and each process loaded its shards of it back, equal to the trained params.
+  assert (tmp_path / "multi" / "reloaded_0").exists() and (tmp_path / "multi" / "reloaded_1").exists()

@@ -4,7 +4,8 @@
 
 DEVICES is the number of host CPU devices of this process; key=value pairs override the config (dotted keys, Python
 literals), except reward_sleep=SECONDS, which slows every batch down (so a test can signal mid-run), and
-export=True, which also writes the final params as a Hugging Face directory WORKDIR/hf. The run uses the real
+export=True, which also writes the final params as a Hugging Face directory WORKDIR/hf, loads it back on the mesh
+and checks the params (each process then writes WORKDIR/reloaded_<process>). The run uses the real
 trainer, generator, sampler and train step, on the tiny decoder with synthetic prompts and a reward that counts low
 token ids. At the end it writes WORKDIR/final_params.npz.
 """
@@ -63,4 +64,10 @@ if not result.stopped_by_signal and jax.process_index() == 0:
 if export and not result.stopped_by_signal:
   nnx.update(model, result.state.params)
   hf_io.save_model(model, os.path.join(workdir, "hf"))  # every process gathers; process 0 writes
+  multihost_utils.sync_global_devices("exported")
+  # Every process reads back its own shards of the export: the multi-host import path.
+  back = hf_io.load_model(os.path.join(workdir, "hf"), mesh)
+  reloaded = multihost_utils.process_allgather(nnx.to_pure_dict(nnx.state(back, nnx.Param)), tiled=True)
+  jax.tree.map(np.testing.assert_array_equal, reloaded, params)
+  open(os.path.join(workdir, f"reloaded_{jax.process_index()}"), "w").close()
 print("RESULT", result.step, result.stopped_by_signal, flush=True)

@@ -130,10 +130,6 @@ def configure(ckpt: Checkpoint) -> ml_collections.ConfigDict:
   return cfg
 
 
-def file_name(spec: str) -> str:
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_")
-
-
 def evaluate_checkpoint(ckpt: Checkpoint, pool: rewards.RewardPool) -> None:
   cfg = configure(ckpt)
   out_dir = cfg.eval.out_dir or os.path.join(cfg.workdir, "eval")
@@ -144,7 +140,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, pool: rewards.RewardPool) -> None:
     before = pool.counters.copy()
     summary, per_problem = evaluation.run_benchmark(problems, complete, pool.score, cfg.eval.samples,
                                                     evaluation.default_ks(cfg.eval.samples))
-    name = file_name(spec)
+    name = evaluation.file_name(spec)
     record = {"run": ckpt.run, "step": ckpt.step, "checkpoint": ckpt.path, **summary,
               "prompts_truncated": complete.truncated, "outcomes": dict(pool.counters - before)}
     records = evaluation.update_results(os.path.join(out_dir, f"{name}.json"), spec, [record])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from typing import Any, Callable, Sequence
 
 import jax
@@ -103,7 +102,7 @@ def make_evaluate(cfg: ml_collections.ConfigDict, model: Decoder, tokenizer: Any
     scalars = {}
     for spec, problems in benchmarks.items():
       summary, _ = evaluation.run_benchmark(problems, completer, score, cfg.eval.samples, ks)
-      name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_")
+      name = evaluation.file_name(spec)
       if jax.process_index() == 0:
         records = evaluation.update_results(os.path.join(out_dir, f"{name}.json"), spec,
                                             [{"run": run_name, "step": step, **summary}])

@@ -91,3 +91,9 @@ def test_validate_names_the_key():
   with pytest.raises(config.ConfigError, match="config.eval.temperature"):
     evaluation.validate(cfg)
   evaluation.validate(config.base_config())
+
+
+def test_file_names_of_specs_keep_only_safe_characters():
+  assert evaluation.file_name("math500_test?where.level=4|5") == "math500_test_where.level_4_5"
+  assert evaluation.file_name("gym:basic_arithmetic?operators=('+','-')&size=200") == (
+      "gym_basic_arithmetic_operators_-_size_200")

@@ -164,6 +164,14 @@ def split_filter(options: Mapping[str, str]) -> tuple[dict[str, str], Filter]:
   return rest, {k[len(WHERE):]: frozenset(v.split("|")) for k, v in options.items() if k.startswith(WHERE)}
 
 
+def benchmark_filter(spec: str) -> Filter:
+  """The filters of a named-benchmark spec (`name?where.<field>=a|b&...`), which takes no other option."""
+  options, keep = split_filter(parse_options(spec.partition("?")[2], spec))
+  if options:
+    raise DataError(f"{spec}: a named benchmark takes only {WHERE}<field>=a|b filters, not {sorted(options)}")
+  return keep
+
+
 def _problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str, keep: Filter) -> list[Problem]:
   """The rows ((location, record) pairs) that pass `keep`, as Problems. A record's id defaults to its number
   in the whole file, so filtering does not renumber problems."""
@@ -259,8 +267,7 @@ def load(spec: str, data_dir: str | pathlib.Path = "", hub: bool = False, limit:
     problems = load_gym(target, {k: _literal(v) for k, v in options.items()}, spec)
   elif target in BENCHMARKS:
     benchmark = BENCHMARKS[target]
-    if options:
-      raise DataError(f"{spec}: a named benchmark takes only {WHERE}<field>=a|b filters, not {sorted(options)}")
+    keep = benchmark_filter(spec)  # refuses any other option
     if hub:
       problems = load_hub(benchmark, spec, keep)
     elif not benchmark.local_file:
@@ -293,16 +300,14 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   """Checks config.data without loading anything."""
   for key in ("train", "eval"):
     for spec in split_specs(cfg.data[key]):
-      name, _, query = spec.partition("?")
+      name = spec.split("?")[0]
       check(spec.startswith(("file:", "gym:")) or name in BENCHMARKS, f"data.{key}",
             f"{spec!r} is not a benchmark ({', '.join(BENCHMARKS)}) nor file:... / gym:...")
       if name in BENCHMARKS:
         try:
-          options, _ = split_filter(parse_options(query, spec))
+          benchmark_filter(spec)
         except DataError as e:
           raise ConfigError(f"config.data.{key}: {e}") from e
-        check(not options, f"data.{key}", f"{spec!r}: a named benchmark takes only {WHERE}<field>=a|b filters, "
-              f"not {sorted(options)}")
   check(cfg.data.template in prompts.TEMPLATES, "data.template", f"one of {sorted(prompts.TEMPLATES)}")
   check(cfg.data.reward_workers >= 1, "data.reward_workers", "must be >= 1")
   check(cfg.data.reward_timeout_s > 0, "data.reward_timeout_s", "must be > 0")

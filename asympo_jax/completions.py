@@ -2,8 +2,10 @@
 
 This is the `evaluation.Complete` that eval.py and the trainer's periodic eval hand to
 `evaluation.run_benchmark`. Batches always hold `batch_size` prompts (the last one is filled up with repeats
-whose outputs are dropped), so one benchmark compiles a single shape per prompt-length bucket. Every prompt's
-random keys depend on its index in the benchmark only, so outputs do not depend on the batch size.
+whose outputs are dropped), so one benchmark compiles a single shape per prompt-length bucket. With a `mesh`
+the batch is split over its data x fsdp shards, and `batch_size` is eval.batch_size rounded up to a multiple
+of them. Every prompt's random keys depend on its index in the benchmark only, so outputs do not depend on
+the batch size.
 Prompts longer than rollout.max_prompt_len keep their last tokens (the instruction and the question's end)
 and are counted in `truncated` (of the latest call).
 """
@@ -14,6 +16,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from asympo_jax import prompts
 from asympo_jax.model import Decoder
@@ -33,9 +36,12 @@ def eos_ids(tokenizer: Any, model_eos: int | Sequence[int] | None = None) -> lis
 class Completer:
   """Greedy and sampled completions of questions by one model; `state` may be swapped between calls."""
 
-  def __init__(self, model: Decoder, tokenizer: Any, cfg: ml_collections.ConfigDict, seed: int = 0):
-    self.model, self.tokenizer, self.cfg, self.seed = model, tokenizer, cfg, seed
+  def __init__(self, model: Decoder, tokenizer: Any, cfg: ml_collections.ConfigDict, seed: int = 0,
+               mesh: Mesh | None = None) -> None:
+    self.model, self.tokenizer, self.cfg, self.seed, self.mesh = model, tokenizer, cfg, seed, mesh
     self.state = nnx.state(model)
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    self.batch_size = -(-cfg.eval.batch_size // shards) * shards
     self.eos = eos_ids(tokenizer, model.cfg.eos_token_id)
     self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
     self.truncated = 0
@@ -45,10 +51,10 @@ class Completer:
     if (samples, greedy) not in self._samplers:
       rollout = ml_collections.ConfigDict(self.cfg.rollout.to_dict())
       rollout.group_size = samples
-      rollout.prompts_per_step = self.cfg.eval.batch_size
+      rollout.prompts_per_step = self.batch_size
       rollout.temperature = 0.0 if greedy else float(self.cfg.eval.temperature)
       rollout.record_behaviour_logprobs = False
-      self._samplers[samples, greedy] = Sampler(self.model, rollout, self.eos, self.pad_id)
+      self._samplers[samples, greedy] = Sampler(self.model, rollout, self.eos, self.pad_id, mesh=self.mesh)
     return self._samplers[samples, greedy]
 
   def __call__(self, questions: Sequence[str], samples: int, greedy: bool) -> list[list[str]]:
@@ -58,7 +64,7 @@ class Completer:
     self.truncated = sum(len(p) > limit for p in ids)
     ids = [p[-limit:] for p in ids]
     sampler = self._sampler(samples, greedy)
-    size = self.cfg.eval.batch_size
+    size = self.batch_size
     outputs: list[list[str]] = []
     for start in range(0, len(ids), size):
       index = list(range(start, min(start + size, len(ids))))

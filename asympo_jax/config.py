@@ -98,7 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.every = 0  # 0: off
   c.eval.samples = 0  # k samples per problem for avg@k and pass@k; 0: greedy accuracy only
   c.eval.temperature = 1.0  # of those samples (greedy accuracy is always reported too)
-  c.eval.batch_size = 16  # prompts per generate call
+  c.eval.batch_size = 16  # prompts per generate call (rounded up to a multiple of the data x fsdp shards)
   c.eval.out_dir = ""  # "": <workdir>/eval
 
   c.metrics = ml_collections.ConfigDict()

@@ -1,11 +1,12 @@
 """Assembling a run from its config: the mesh, the model, the data, the sampler and rewards, the trainer.
 
 `rollout_pieces` is the part that does not care where prompts and rewards come from (tests give synthetic
-ones): it slices each step's prompts for this process, builds the sampler on the devices it samples on,
-and the `transfer` that copies published parameters there. With one process the sampler uses the training
-devices (or rollout.devices); with several, every process samples its slice on its own local devices with
-a full copy of the parameters, gathered at each publish (on the learner thread, so all processes run
-that collective in the same order).
+ones): it slices each step's prompts for this process and builds the sampler on the devices it samples on
+(`sampling_mesh`). `make_transfer` copies published parameters there. With one process the sampler uses
+rollout.devices, or else the training mesh with the rows split over its data x fsdp shards like a train
+batch (left to itself, jit would run the whole batch on every device); with several, every process samples
+its slice on its own local devices with a full copy of the parameters, gathered at each publish (on the
+learner thread, so all processes run that collective in the same order).
 """
 from __future__ import annotations
 
@@ -56,43 +57,56 @@ def process_prompts(prompts_for_step: rollout_batch.PromptsFn, num_prompts: int)
   return local_prompts
 
 
-def rollout_pieces(cfg: ml_collections.ConfigDict, model: Decoder, prompts_for_step: rollout_batch.PromptsFn,
-                   decode: Callable[[Sequence[int]], str], reward_fn: rollout_batch.RewardFn,
-                   eos_ids: Sequence[int], pad_id: int) -> tuple[rollout.BuildFn, Callable[[Any], Any]]:
-  """(build_batch, transfer) for the generator; `prompts_for_step` gives all P prompts of a step."""
+def sampling_mesh(cfg: ml_collections.ConfigDict, training_mesh: Mesh) -> Mesh:
+  """The devices this process samples and evaluates on (see the module docstring)."""
+  if jax.process_count() > 1:
+    local = jax.local_devices()
+    return Mesh(np.asarray(local).reshape(len(local), 1, 1), sharding.MESH_AXES)
+  return sampler.rollout_mesh(cfg.rollout) or training_mesh
+
+
+def make_transfer(mesh: Mesh) -> Callable[[Any], Any]:
+  """A function that copies published parameters onto `mesh` (gathered first with several processes).
+
+  Always a copy, even onto the very shardings the parameters have: the learner donates them to its next step.
+  """
+  targets = None
+
+  def transfer(params):
+    nonlocal targets
+    if targets is None:
+      targets = sharding.state_shardings(params, mesh)
+    if jax.process_count() > 1:
+      params = multihost_utils.process_allgather(params, tiled=True)
+    return jax.device_put(params, targets, may_alias=False)
+
+  return transfer
+
+
+def rollout_pieces(cfg: ml_collections.ConfigDict, model: Decoder, mesh: Mesh,
+                   prompts_for_step: rollout_batch.PromptsFn, decode: Callable[[Sequence[int]], str],
+                   reward_fn: rollout_batch.RewardFn, eos_ids: Sequence[int], pad_id: int) -> rollout.BuildFn:
+  """The generator's build_batch, sampling on `mesh` (`sampling_mesh`); `prompts_for_step` gives all P prompts
+  of a step."""
   mine = process_slice(cfg.rollout.prompts_per_step)
   local_cfg = copy.deepcopy(cfg.rollout)
   local_cfg.prompts_per_step = mine.stop - mine.start
-  if jax.process_count() == 1:
-    smp = sampler.Sampler(model, local_cfg, eos_ids, pad_id, mesh=sampler.rollout_mesh(cfg.rollout))
-    transfer = smp.transfer
-  else:
-    local = jax.local_devices()
-    mesh = Mesh(np.asarray(local).reshape(len(local), 1, 1), sharding.MESH_AXES)
-    smp = sampler.Sampler(model, local_cfg, eos_ids, pad_id, mesh=mesh)
-    targets = None
-
-    def transfer(params):
-      nonlocal targets
-      if targets is None:
-        targets = sharding.state_shardings(params, mesh)
-      return jax.device_put(multihost_utils.process_allgather(params, tiled=True), targets)
-
+  smp = sampler.Sampler(model, local_cfg, eos_ids, pad_id, mesh=mesh)
   local_prompts = process_prompts(prompts_for_step, cfg.rollout.prompts_per_step)
-  build = rollout_batch.make_build_batch(smp, local_prompts, decode, reward_fn, cfg.seed,
-                                         prompt_ids_for_step=lambda step: range(mine.start, mine.stop))
-  return build, transfer
+  return rollout_batch.make_build_batch(smp, local_prompts, decode, reward_fn, cfg.seed,
+                                        prompt_ids_for_step=lambda step: range(mine.start, mine.stop))
 
 
-def make_evaluate(cfg: ml_collections.ConfigDict, model: Decoder, tokenizer: Any,
-                  score: evaluation.Score, transfer: Callable[[Any], Any]) -> trainer.Evaluate | None:
+def make_evaluate(cfg: ml_collections.ConfigDict, model: Decoder, tokenizer: Any, score: evaluation.Score,
+                  mesh: Mesh, transfer: Callable[[Any], Any]) -> trainer.Evaluate | None:
   """The trainer's periodic eval on cfg.data.eval: summaries as metrics, and (process 0) the results JSON
-  and curves of evaluation.py under cfg.eval.out_dir (default <workdir>/eval). None when eval is off."""
+  and curves of evaluation.py under cfg.eval.out_dir (default <workdir>/eval), sampling on `mesh` with
+  parameters that `transfer` put there. None when eval is off."""
   specs = data.split_specs(cfg.data.eval)
   if not specs or cfg.eval.every == 0:
     return None
   benchmarks = {spec: data.load(spec, cfg.data.dir, cfg.data.hub, cfg.data.max_eval_problems) for spec in specs}
-  completer = completions.Completer(model, tokenizer, cfg, seed=cfg.seed)
+  completer = completions.Completer(model, tokenizer, cfg, seed=cfg.seed, mesh=mesh)
   out_dir = cfg.eval.out_dir or os.path.join(cfg.workdir, "eval")
   run_name = os.path.basename(os.path.abspath(cfg.workdir))
   ks = evaluation.default_ks(cfg.eval.samples)
@@ -133,13 +147,16 @@ def run(cfg: ml_collections.ConfigDict, supervised: bool = False) -> trainer.Res
   eos = completions.eos_ids(tokenizer, model.cfg.eos_token_id)
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
   decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+  sample_mesh = sampling_mesh(cfg, mesh)
+  transfer = make_transfer(sample_mesh)
   with rewards.RewardPool(cfg.data.reward_workers, cfg.data.reward_timeout_s) as pool:
-    if supervised:
+    if supervised:  # the generator builds batches from gold answers: it needs no copy of the parameters
       local_prompts = process_prompts(prompts_for_step, cfg.rollout.prompts_per_step)
       encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
       build = supervised_batch.make_build_batch(local_prompts, encode, cfg.rollout, eos[0], pad)
-      transfer = rollout.copy_params
+      generator_transfer = rollout.copy_params
     else:
-      build, transfer = rollout_pieces(cfg, model, prompts_for_step, decode, pool.score, eos, pad)
-    evaluate = make_evaluate(cfg, model, tokenizer, pool.score, transfer)
-    return trainer.train(cfg, mesh, model, build, transfer=transfer, evaluate=evaluate)
+      build = rollout_pieces(cfg, model, sample_mesh, prompts_for_step, decode, pool.score, eos, pad)
+      generator_transfer = transfer
+    evaluate = make_evaluate(cfg, model, tokenizer, pool.score, sample_mesh, transfer)
+    return trainer.train(cfg, mesh, model, build, transfer=generator_transfer, evaluate=evaluate)

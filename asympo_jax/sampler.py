@@ -22,8 +22,11 @@ float32 log-softmax of the *untempered, unfiltered* model logits at the sampled 
 them with the current policy's log-probs, which are untempered. With temperature != 1 or top-k/top-p they
 are therefore not the log-probs of the distribution the token was actually drawn from.
 
-With `mesh` (disjoint rollout devices, rollout.devices), the sampler's parameters, prompts and cache are laid
-out on that mesh; `transfer(state)` is the resharding device_put that moves published parameters there.
+With `mesh`, the prompts' rows and so the cache and the whole decode are split over its data x fsdp shards;
+the parameters must already be laid out on that mesh (run.make_transfer puts published ones there). The
+mesh is the training one, or the disjoint rollout.devices (`rollout_mesh`). Without it, jit runs on the
+devices the parameters are on, and with parameters on several devices every one of them samples the whole
+batch.
 """
 from __future__ import annotations
 
@@ -43,7 +46,6 @@ from asympo_jax import kv_cache as kvc
 from asympo_jax import sampling
 from asympo_jax.config import ConfigError, check
 from asympo_jax.model import Decoder
-from asympo_jax.sharding import state_shardings
 
 MIN_PROMPT_BUCKET = 16
 
@@ -223,7 +225,7 @@ class Sampler:
   def __init__(self, model: Decoder, cfg_rollout: ml_collections.ConfigDict, eos_ids: Sequence[int],
                pad_id: int, mesh: Mesh | None = None) -> None:
     validate(cfg_rollout)
-    self.graphdef, state = nnx.split(model)
+    self.graphdef = nnx.graphdef(model)
     self.cfg = cfg_rollout
     self.mesh = mesh
     self.spec = DecodeSpec(
@@ -232,13 +234,6 @@ class Sampler:
         stop_sequences=tuple(tuple(s) for s in cfg_rollout.stop_sequences), pad_id=int(pad_id),
         record_logprobs=bool(cfg_rollout.record_behaviour_logprobs), segments=cfg_rollout.decode_segments)
     self.eos_E = np.asarray(eos_ids, np.int32)
-    self._state_shardings = None if mesh is None else state_shardings(state, mesh)
-
-  def transfer(self, state: nnx.State) -> nnx.State:
-    """A copy of published parameters on the sampler's devices (resharded onto its mesh when it has one)."""
-    if self._state_shardings is None:
-      return jax.tree.map(jnp.copy, state)
-    return jax.device_put(state, self._state_shardings)
 
   def generate(self, state: nnx.State, prompts: Sequence[Sequence[int]], *, seed: int, step: int,
                prompt_ids: Sequence[int] | None = None) -> Samples:

@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from asympo_jax import config as config_lib
 from benchmarks import workloads
 from asympo_jax import hf_io, host_memory, optim, sampler, train_step
-from asympo_jax.rollout import RolloutGenerator
+from asympo_jax.rollout import RolloutGenerator, copy_params
 from asympo_jax.rollout_batch import make_build_batch
 
 PROMPTS, GROUP, PROMPT_LEN, NEW_TOKENS = 16, 4, 32, 64
@@ -59,7 +59,7 @@ def run(path: str, k: int, steps: int) -> dict[str, float]:
   build = make_build_batch(smp, prompts_for_step, lambda ids: " ".join(map(str, ids)), reward, seed=0)
   rows = train_step.batch_sharding(mesh)
   totals = {"generate": 0.0, "train": 0.0, "wait": 0.0, "step": 0.0}
-  with RolloutGenerator(build, state.params, cfg.rollout, steps + 1, transfer=smp.transfer) as gen:
+  with RolloutGenerator(build, state.params, cfg.rollout, steps + 1, transfer=copy_params) as gen:
     for step in range(steps + 1):  # step 0 compiles both sides and is not counted
       t0 = time.perf_counter()
       batch, metrics = gen.get(step)

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from asympo_jax import config as config_lib
 from asympo_jax import hf_io
-from asympo_jax.rollout import RolloutGenerator
+from asympo_jax.rollout import RolloutGenerator, copy_params
 from asympo_jax.rollout_batch import assemble, make_build_batch
 from asympo_jax.sampler import Sampler, Samples
 from tiny_checkpoints import make_checkpoint
@@ -60,7 +60,7 @@ def test_fixed_lag_runs_with_the_same_seed_give_identical_batches(tmp_path):
     build = make_build_batch(sampler, prompts_for_step, lambda ids: " ".join(map(str, ids)), reward, seed=3)
     params = nnx.state(model)
     batches = []
-    with RolloutGenerator(build, params, cfg.rollout, 4, transfer=sampler.transfer) as gen:
+    with RolloutGenerator(build, params, cfg.rollout, 4, transfer=copy_params) as gen:
       for step in range(4):
         batch, info = gen.get(step)
         batches.append((batch, info["rollout/reward_mean"]))

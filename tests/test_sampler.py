@@ -6,18 +6,27 @@ import torch
 from flax import nnx
 from scipy import stats
 
+from jax.sharding import Mesh
+
 from asympo_jax import config as config_lib
-from asympo_jax import hf_io
+from asympo_jax import hf_io, run
+from asympo_jax import sampler as sampler_lib
 from asympo_jax.sampler import Sampler, cache_lengths, prompt_bucket, rollout_mesh
+from asympo_jax.sharding import MESH_AXES
 from tiny_checkpoints import make_checkpoint, positions_from_mask, torch_logits
 
 VOCAB = 101  # tiny_checkpoints' vocabulary
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint_path(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("ckpt") / "qwen3")
-  torch_model = make_checkpoint("qwen3_tied", path)
+  return path, make_checkpoint("qwen3_tied", path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(checkpoint_path):
+  path, torch_model = checkpoint_path
   return torch_model, hf_io.load_model(path)
 
 
@@ -164,15 +173,60 @@ def test_stop_sequence_ends_the_response_after_it(checkpoint):
 def test_disjoint_rollout_devices_sample_the_same(checkpoint):
   _, model = checkpoint
   prompts = random_prompts([3, 9, 5, 16])
+  run_cfg = config_lib.base_config()
+  run_cfg.rollout.devices = "4:8"
+  training_mesh = Mesh(np.array(jax.devices()[:4]).reshape(4, 1, 1), MESH_AXES)
+  mesh = run.sampling_mesh(run_cfg, training_mesh)
   cfg = rollout_cfg(temperature=0.0, group_size=2, devices="4:8")
-  mesh = rollout_mesh(cfg)
   here = Sampler(model, rollout_cfg(temperature=0.0, group_size=2), eos_ids=[2], pad_id=0)
   there = Sampler(model, cfg, eos_ids=[2], pad_id=0, mesh=mesh)
-  moved = there.transfer(nnx.state(model))
+  moved = run.make_transfer(mesh)(nnx.state(model))
   assert all(leaf.sharding.device_set == set(jax.devices()[4:8]) for leaf in jax.tree.leaves(moved))
   want = here.generate(nnx.state(model), prompts, seed=3, step=2)
   got = there.generate(moved, prompts, seed=3, step=2)
   np.testing.assert_array_equal(got.tokens_BxN, want.tokens_BxN)
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 4, 2)])
+def test_the_training_mesh_splits_the_rows_and_samples_the_same(checkpoint_path, checkpoint, shape, monkeypatch):
+  # Parameters on 8 devices and no mesh: jit runs the whole batch on every device ((8,1,1)), or splits only
+  # part of the work. On the mesh each device's program (XLA's per-device cost analysis) does an eighth of one
+  # device's FLOPs, and the samples and behaviour log-probs are one device's.
+  path, _ = checkpoint_path
+  _, model = checkpoint
+  training_mesh = Mesh(np.array(jax.devices()).reshape(shape), MESH_AXES)
+  mesh = run.sampling_mesh(config_lib.base_config(), training_mesh)
+  assert mesh is training_mesh
+  on_mesh = hf_io.load_model(path, mesh)
+  flops = []
+
+  def spy(*args, **kwargs):  # compiles in the caller's context (the sampler's mesh, if any), as the call does
+    flops.append(real.lower(*args, **kwargs).compile().cost_analysis()["flops"])
+    return real(*args, **kwargs)
+
+  real = sampler_lib.generate_arrays
+  monkeypatch.setattr(sampler_lib, "generate_arrays", spy)
+  cfg = rollout_cfg(temperature=0.0, prompts_per_step=8, group_size=2, record_behaviour_logprobs=True)
+  prompts = random_prompts([3, 9, 5, 16, 2, 7, 11, 4], seed=4)
+  want = Sampler(model, cfg, eos_ids=[2], pad_id=0).generate(nnx.state(model), prompts, seed=1, step=3)
+  state = run.make_transfer(mesh)(nnx.state(on_mesh))
+  got = Sampler(on_mesh, cfg, eos_ids=[2], pad_id=0, mesh=mesh).generate(state, prompts, seed=1, step=3)
+  np.testing.assert_array_equal(got.tokens_BxN, want.tokens_BxN)
+  np.testing.assert_allclose(got.logprobs_BxN, want.logprobs_BxN, atol=1e-5)
+
+  one, per_device = flops
+  assert per_device < 1.1 * one / 8, (per_device, one)
+
+
+def test_transfer_copies_even_onto_the_same_shardings(checkpoint_path):
+  # The learner donates its parameters to the next step: the sampler's copy must not share their buffers.
+  mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), MESH_AXES)
+  params = nnx.state(hf_io.load_model(checkpoint_path[0], mesh))
+  want = jax.tree.map(np.asarray, params)
+  copy = run.make_transfer(mesh)(params)
+  assert all(a.sharding == b.sharding for a, b in zip(jax.tree.leaves(copy), jax.tree.leaves(params)))
+  jax.tree.map(lambda x: x.delete(), params)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, copy), want)
 
 
 def test_decode_segments_change_nothing_but_the_cache_length(checkpoint):

@@ -54,9 +54,10 @@ def reward_fn(texts, targets):
   return np.asarray([float(np.mean([int(t) < 12 for t in s.split()] or [0]) > 0.5) for s in texts])
 
 
-build, transfer = run.rollout_pieces(cfg, model, prompts_for_step, lambda ids: " ".join(map(str, ids)),
-                                     reward_fn, [EOS], PAD)
-result = trainer.train(cfg, mesh, model, build, transfer=transfer)
+sample_mesh = run.sampling_mesh(cfg, mesh)
+build = run.rollout_pieces(cfg, model, sample_mesh, prompts_for_step, lambda ids: " ".join(map(str, ids)),
+                           reward_fn, [EOS], PAD)
+result = trainer.train(cfg, mesh, model, build, transfer=run.make_transfer(sample_mesh))
 params = multihost_utils.process_allgather(nnx.to_pure_dict(result.state.params), tiled=True)
 if not result.stopped_by_signal and jax.process_index() == 0:
   flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}

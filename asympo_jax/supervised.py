@@ -42,7 +42,7 @@ def make_build_batch(prompts_for_step: PromptsFn, encode: Callable[[str], Sequen
     for p, response in enumerate(responses):
       tokens_BxN[p * group:(p + 1) * group, :len(response)] = response
       mask_BxN[p * group:(p + 1) * group, :len(response)] = 1
-    samples = Samples(tokens_BxN, mask_BxN, np.zeros(len(tokens_BxN), np.int32), None)
+    samples = Samples(tokens_BxN, mask_BxN, np.zeros(len(tokens_BxN), np.int32), None, forward_passes=0)
     lengths = mask_BxN.sum(axis=1)
     return (assemble(prompts, samples, np.ones(len(tokens_BxN), np.float32), cfg_rollout, pad_id),
             {"rollout/response_len_mean": float(lengths.mean())})

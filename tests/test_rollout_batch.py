@@ -23,7 +23,7 @@ def test_assemble_follows_the_contract(data, num_prompts, group, logprobs):
   mask = (np.arange(4)[None] < lengths[:, None]).astype(np.int32)
   tokens = np.where(mask > 0, np.arange(rows * 4).reshape(rows, 4) + 100, 0).astype(np.int32)
   lp = -np.random.default_rng(0).uniform(size=(rows, 4)).astype(np.float32) if logprobs else None
-  samples = Samples(tokens, mask, np.zeros(rows, np.int32), lp)
+  samples = Samples(tokens, mask, np.zeros(rows, np.int32), lp, forward_passes=0)
   batch = assemble(prompts, samples, np.arange(rows), cfg, pad_id=0)
   assert batch["tokens"].shape == batch["input_mask"].shape == batch["loss_mask"].shape == (rows, 9)
   assert ("behaviour_logprobs" in batch) == logprobs

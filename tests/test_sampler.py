@@ -11,7 +11,7 @@ from jax.sharding import Mesh
 from asympo_jax import config as config_lib
 from asympo_jax import hf_io, run
 from asympo_jax import sampler as sampler_lib
-from asympo_jax.sampler import Sampler, cache_lengths, prompt_bucket, rollout_mesh
+from asympo_jax.sampler import EXIT_CHECK_STEPS, Sampler, cache_lengths, prompt_bucket, rollout_mesh
 from asympo_jax.sharding import MESH_AXES
 from tiny_checkpoints import make_checkpoint, positions_from_mask, torch_logits
 
@@ -75,6 +75,20 @@ def test_greedy_matches_transformers_generate(checkpoint, eos):
     np.testing.assert_array_equal(samples.tokens_BxN[row, :length], ref[:length])
     assert samples.finish_B[row] == (1 if ref[length - 1] == eos else 0)
   assert eos == 2 or (samples.finish_B == 1).any()
+
+
+def test_decoding_stops_within_the_exit_check_steps_of_the_last_row_finishing(checkpoint):
+  # Every row's token at step 3 of a free greedy run is an EOS: each row ends at its first EOS (step <= 3).
+  _, model = checkpoint
+  prompts = random_prompts([3, 9, 5, 16])
+  cfg = rollout_cfg(temperature=0.0, max_new_tokens=40)
+  free = Sampler(model, cfg, eos_ids=[], pad_id=0).generate(nnx.state(model), prompts, seed=0, step=0)
+  assert free.forward_passes == 40  # the prefill gives token 0, then 39 decode steps
+  eos = sorted(set(free.tokens_BxN[:, 3].tolist()))
+  ended = Sampler(model, cfg, eos_ids=eos, pad_id=0).generate(nnx.state(model), prompts, seed=0, step=0)
+  last = max(next(i for i, t in enumerate(row) if t in eos) for row in free.tokens_BxN.tolist())
+  assert ended.mask_BxN.sum(1).max() == last + 1
+  assert last + 1 <= ended.forward_passes < last + 1 + EXIT_CHECK_STEPS
 
 
 def test_first_token_follows_the_model_distribution(checkpoint):

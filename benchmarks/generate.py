@@ -5,23 +5,29 @@ token is given to either side), float32, random-init Qwen3 `tiny` and `small`. T
 process (benchmarks/torch_reference.py: sharing a process with JAX slows torch several-fold) with as many
 threads as this machine has cores. Each side is timed over `--repeats` runs after one warm-up run
 (compilation for JAX), in `--rounds` alternations of the two sides; the best run of each side is reported.
+Our sampler is timed on one device and on a data mesh over `--cpu-devices` CPU devices (default: one per
+core), laid out as a run lays it out on its training mesh; which is faster depends on the model.
 
 MFU counts matmul FLOPs per generated token (workloads.forward_flops_per_token, the attention at the mean
 context of 32 + 32 tokens) against the f32 matmul peak measured in this run; prefill is not counted, so MFU
 is a lower bound.
 
-    python -m benchmarks.generate [--configs tiny,small] [--repeats 3] [--rounds 2] [--no-reference]
+    python -m benchmarks.generate [--configs tiny,small] [--repeats 3] [--rounds 2] [--cpu-devices 2]
+                                  [--no-reference]
 
 The machine's load average is printed: other processes slow both sides, multi-threaded torch more so.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
+from typing import Iterator
 
 import jax
 from flax import nnx
+from jax.sharding import Mesh
 
 from asympo_jax import config as config_lib
 from asympo_jax import hf_io, host_memory
@@ -29,37 +35,46 @@ from asympo_jax.sampler import Sampler
 from benchmarks import workloads
 
 
-def bench(name: str, repeats: int, rounds: int, peak: float, with_reference: bool) -> None:
+def bench(name: str, meshes: dict[str, Mesh], repeats: int, rounds: int, peak: float, with_reference: bool
+          ) -> None:
   with tempfile.TemporaryDirectory() as path:
     workloads.write_checkpoint(name, path)
-    model = hf_io.load_model(path)
     cfg = config_lib.base_config().rollout
     cfg.update(dict(prompts_per_step=workloads.PROMPTS, group_size=1, max_prompt_len=workloads.PROMPT_LEN,
                     max_new_tokens=workloads.NEW_TOKENS, temperature=1.0))
-    sampler = Sampler(model, cfg, eos_ids=[], pad_id=0)
-    state = nnx.state(model)
-    prompts = workloads.generation_prompts(model.cfg.vocab_size).tolist()
     steps = iter(range(1_000_000))
+    runs = {}
+    for layout, mesh in meshes.items():  # the sampler on a training mesh, as in a run (asympo_jax/run.py)
+      model = hf_io.load_model(path, mesh)
+      runs[layout] = functools.partial(generate, Sampler(model, cfg, eos_ids=[], pad_id=0, mesh=mesh),
+                                       nnx.state(model), workloads.generation_prompts(model.cfg.vocab_size).tolist(),
+                                       steps)
 
     def ours():
-      out = sampler.generate(state, prompts, seed=0, step=next(steps))
-      assert out.mask_BxN.sum() == workloads.PROMPTS * workloads.NEW_TOKENS
+      return {layout: workloads.best_seconds(run, repeats) for layout, run in runs.items()}
 
     tokens = workloads.PROMPTS * workloads.NEW_TOKENS
     flops = tokens * workloads.forward_flops_per_token(name, workloads.PROMPT_LEN + workloads.NEW_TOKENS / 2)
     if with_reference:
-      t_ours, ref = workloads.alternate(lambda: workloads.best_seconds(ours, repeats),
-                                        lambda: workloads.reference_seconds("generate", path, repeats), rounds, name)
+      best, ref = workloads.alternate(ours, lambda: workloads.reference_seconds("generate", path, repeats), rounds,
+                                      name)
     else:
-      t_ours = workloads.best_seconds(ours, repeats * rounds)
-  mfu = flops / t_ours / peak
-  print(f"{name:6s} jax sampler   {tokens / t_ours:9.0f} tokens/s  ({t_ours:.3f} s, MFU {mfu:5.1%})", flush=True)
+      best = {layout: workloads.best_seconds(run, repeats * rounds) for layout, run in runs.items()}
+  for layout, t_ours in best.items():
+    print(f"{name:6s} jax sampler, {layout:14s} {tokens / t_ours:9.0f} tokens/s  ({t_ours:.3f} s, MFU "
+          f"{flops / t_ours / peak:5.1%})", flush=True)
   if not with_reference:
     return
   t_ref = ref["seconds"]
   print(f"{name:6s} transformers  {tokens / t_ref:9.0f} tokens/s  ({t_ref:.3f} s, MFU {flops / t_ref / peak:5.1%}; "
         f"torch {ref['torch']}, {ref['threads']} threads, own process, {ref['malloc']})")
-  print(f"{name:6s} ratio         {t_ref / t_ours:9.2f} x", flush=True)
+  for layout, t_ours in best.items():
+    print(f"{name:6s} ratio, {layout:14s} {t_ref / t_ours:9.2f} x", flush=True)
+
+
+def generate(sampler: Sampler, state: nnx.State, prompts: list[list[int]], steps: Iterator[int]) -> None:
+  out = sampler.generate(state, prompts, seed=0, step=next(steps))
+  assert out.mask_BxN.sum() == workloads.PROMPTS * workloads.NEW_TOKENS
 
 
 def main() -> None:
@@ -69,7 +84,9 @@ def main() -> None:
   ap.add_argument("--rounds", type=workloads.positive_int, default=2,
                   help="alternations of ours and the reference; each side's best run counts")
   ap.add_argument("--no-reference", action="store_true", help="skip transformers (quicker iterations)")
+  workloads.add_device_flag(ap)
   args = ap.parse_args()
+  meshes = workloads.layouts(args.cpu_devices)
   names = args.configs.split(",")
   unknown = [n for n in names if n not in workloads.scratch.SIZES]
   if unknown:
@@ -80,7 +97,7 @@ def main() -> None:
   print(f"workload: {workloads.PROMPTS} prompts x {workloads.PROMPT_LEN} tokens, {workloads.NEW_TOKENS} new tokens "
         "each, temperature 1.0")
   for name in names:
-    bench(name, args.repeats, args.rounds, peak, not args.no_reference)
+    bench(name, meshes, args.repeats, args.rounds, peak, not args.no_reference)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Train-step throughput and MFU on the DESIGN §3 train workload, beside a PyTorch reference step.
 
-    python -m benchmarks.train_step [--configs tiny,small] [--steps 3] [--rounds 2] [--chunk 0]
+    python -m benchmarks.train_step [--configs tiny,small] [--steps 3] [--rounds 2] [--chunk 0] [--cpu-devices 2]
 
 Workload: 64 sequences of 96 tokens (32 prompt + 64 response), asympo loss, one AdamW update, float32,
-one micro-batch, on all of this machine's CPU cores as one JAX device. The reference is transformers'
+one micro-batch; ours on one device and on a data mesh over `--cpu-devices` CPU devices (default: one per
+core). The reference is transformers'
 PyTorch model of the same architecture and weights with the same loss, clipping and torch.optim.AdamW,
 2 threads, in its own process (benchmarks/torch_reference.py). Each side runs `--steps` steps after a
 warm-up step, in `--rounds` alternations of the two sides, and reports its best step.
@@ -22,7 +23,6 @@ import tempfile
 from typing import Callable
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -31,15 +31,14 @@ from asympo_jax.config import base_config
 from benchmarks import workloads
 
 
-def jax_step(path: str, chunk: int) -> Callable[[], None]:
-  """One call = one of our jitted train steps on the workload batch, blocking until it is done (the first call
-  compiles)."""
+def jax_step(path: str, chunk: int, mesh: Mesh) -> Callable[[], None]:
+  """One call = one of our jitted train steps on `mesh` on the workload batch, blocking until it is done (the
+  first call compiles)."""
   cfg = base_config()
   cfg.rollout.prompts_per_step, cfg.rollout.group_size = workloads.B // workloads.G, workloads.G
   cfg.rollout.max_prompt_len, cfg.rollout.max_new_tokens = workloads.PROMPT, workloads.RESPONSE
   cfg.optim.lr, cfg.optim.clip_norm = 1e-5, 1.0
   cfg.train.logprob_chunk = chunk
-  mesh = Mesh(np.array(jax.devices()).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
   model = hf_io.load_model(path, mesh)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, schedule = optim.make_optimizer(cfg.optim, total_steps=100)
@@ -62,7 +61,9 @@ def main():
   parser.add_argument("--rounds", type=workloads.positive_int, default=2,
                       help="alternations of ours and the reference; each side's best run counts")
   parser.add_argument("--chunk", type=int, default=0, help="train.logprob_chunk")
+  workloads.add_device_flag(parser)
   args = parser.parse_args()
+  meshes = workloads.layouts(args.cpu_devices)
   jax_peak = workloads.matmul_peak_flops()
   tokens = workloads.B * workloads.T
   print(f"machine: {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}), JAX {jax.__version__}")
@@ -72,17 +73,19 @@ def main():
     flops = workloads.train_step_flops(name)
     with tempfile.TemporaryDirectory() as path:
       workloads.write_checkpoint(name, path)
-      one = jax_step(path, args.chunk)
-      ours, ref = workloads.alternate(lambda: workloads.best_seconds(one, args.steps),
-                                      lambda: workloads.reference_seconds("train_step", path, args.steps),
-                                      args.rounds, name)
+      steps = {layout: jax_step(path, args.chunk, mesh) for layout, mesh in meshes.items()}
+      ours, ref = workloads.alternate(
+          lambda: {layout: workloads.best_seconds(one, args.steps) for layout, one in steps.items()},
+          lambda: workloads.reference_seconds("train_step", path, args.steps), args.rounds, name)
     peak = max(jax_peak, ref["matmul_peak_flops"])
     print(f"f32 matmul peak (2048^3): jax {jax_peak / 1e9:.1f} GFLOP/s, torch {ref['matmul_peak_flops'] / 1e9:.1f} "
           f"GFLOP/s -> {peak / 1e9:.1f}")
-    for label, sec in (("jax (ours)", ours), (f"torch {ref['threads']} thr", ref["seconds"])):
-      print(f"{name:5s} {label:16s} {sec:7.3f} s/step  {tokens / sec:8.0f} tokens/s  "
+    rows = [(f"jax, {layout}", sec) for layout, sec in ours.items()]
+    for label, sec in rows + [(f"torch {ref['threads']} threads", ref["seconds"])]:
+      print(f"{name:5s} {label:20s} {sec:7.3f} s/step  {tokens / sec:8.0f} tokens/s  "
             f"{flops / sec / 1e9:6.1f} GFLOP/s  MFU {flops / sec / peak:6.1%}")
-    print(f"{name:5s} FLOPs/step {flops / 1e12:.3f} T; jax/torch tokens/s ratio {ref['seconds'] / ours:.2f} "
+    ratios = ", ".join(f"{layout} {ref['seconds'] / sec:.2f}" for layout, sec in ours.items())
+    print(f"{name:5s} FLOPs/step {flops / 1e12:.3f} T; jax/torch tokens/s ratio: {ratios} "
           f"(torch with {ref['malloc']})", flush=True)
 
 

@@ -95,18 +95,43 @@ def positive_int(text: str) -> int:
   return value
 
 
-def alternate(ours: Callable[[], float], reference: Callable[[], dict[str, Any]], rounds: int,
-              label: str) -> tuple[float, dict[str, Any]]:
-  """Runs `ours` (seconds) and `reference` (a `reference_seconds` result) `rounds` times each, alternately, and
-  returns each side's fastest (the reference with the highest matmul peak it measured). This machine's speed
-  drifts by up to 20% within minutes; alternating gives both sides the same chance at its fast spells, where
-  one block each would hand the ratio to whichever side ran in the faster one. Prints every round."""
-  best_ours, best_ref, peak = float("inf"), None, 0.0
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--cpu-devices", type=positive_int, default=os.cpu_count(),
+                      help="JAX CPU devices (jax_num_cpu_devices); ours runs on 1 and on all of them")
+
+
+def layouts(cpu_devices: int) -> dict[str, Any]:
+  """The meshes our side is timed on, by label: one device, and a data mesh over every device when there are
+  several (on a CPU, `cpu_devices` of them: each device runs its own program, so two one-core devices can both
+  be busy where one two-core device leaves a core idle in its single-threaded ops). Call before any other
+  JAX use: it sets jax_num_cpu_devices."""
+  import jax  # here, not at module level: torch_reference.py imports this module and must not start JAX
+  from jax.sharding import Mesh
+
+  jax.config.update("jax_num_cpu_devices", cpu_devices)
+  devices = jax.devices()
+  sizes = sorted({1, len(devices)})
+  return {f"{n} {jax.default_backend()} device{'s' if n > 1 else ''}":
+          Mesh(np.asarray(devices[:n]).reshape(n, 1, 1), ("data", "fsdp", "tensor")) for n in sizes}
+
+
+def alternate(ours: Callable[[], dict[str, float]], reference: Callable[[], dict[str, Any]], rounds: int,
+              label: str) -> tuple[dict[str, float], dict[str, Any]]:
+  """Runs `ours` (seconds by layout) and `reference` (a `reference_seconds` result) `rounds` times each,
+  alternately, and returns each side's fastest: per layout for ours, and the reference run with the highest
+  matmul peak any of its runs measured. This machine's speed drifts by up to 20% within minutes; alternating
+  gives both sides the same chance at its fast spells, where one block each would hand the ratio to whichever
+  side ran in the faster one. Prints every round."""
+  best_ours: dict[str, float] = {}
+  best_ref, peak = None, 0.0
   for i in range(rounds):
-    t_ours, ref = ours(), reference()
-    print(f"{label} round {i + 1}/{rounds}: ours {t_ours:.3f} s, reference {ref['seconds']:.3f} s "
-          f"({ref['malloc']}), load average {os.getloadavg()[0]:.1f}", flush=True)
-    best_ours, peak = min(best_ours, t_ours), max(peak, ref["matmul_peak_flops"])
+    times, ref = ours(), reference()
+    shown = ", ".join(f"{layout} {seconds:.3f} s" for layout, seconds in times.items())
+    print(f"{label} round {i + 1}/{rounds}: ours {shown}; reference {ref['seconds']:.3f} s ({ref['malloc']}), "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    for layout, seconds in times.items():
+      best_ours[layout] = min(best_ours.get(layout, float("inf")), seconds)
+    peak = max(peak, ref["matmul_peak_flops"])
     if best_ref is None or ref["seconds"] < best_ref["seconds"]:
       best_ref = ref
   return best_ours, {**best_ref, "matmul_peak_flops": peak}

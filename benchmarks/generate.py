@@ -84,7 +84,7 @@ def main() -> None:
   ap.add_argument("--rounds", type=workloads.positive_int, default=2,
                   help="alternations of ours and the reference; each side's best run counts")
   ap.add_argument("--no-reference", action="store_true", help="skip transformers (quicker iterations)")
-  workloads.add_device_flag(ap)
+  workloads.add_device_flag(ap, os.cpu_count())
   args = ap.parse_args()
   meshes = workloads.layouts(args.cpu_devices)
   names = args.configs.split(",")

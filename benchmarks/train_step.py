@@ -1,13 +1,14 @@
 """Train-step throughput and MFU on the DESIGN §3 train workload, beside a PyTorch reference step.
 
-    python -m benchmarks.train_step [--configs tiny,small] [--steps 3] [--rounds 2] [--chunk 0] [--cpu-devices 2]
+    python -m benchmarks.train_step [--configs tiny,small] [--steps 3] [--rounds 2] [--chunk 0] [--cpu-devices 1]
 
 Workload: 64 sequences of 96 tokens (32 prompt + 64 response), asympo loss, one AdamW update, float32,
-one micro-batch; ours on one device and on a data mesh over `--cpu-devices` CPU devices (default: one per
-core). The reference is transformers'
-PyTorch model of the same architecture and weights with the same loss, clipping and torch.optim.AdamW,
-2 threads, in its own process (benchmarks/torch_reference.py). Each side runs `--steps` steps after a
-warm-up step, in `--rounds` alternations of the two sides, and reports its best step.
+one micro-batch; ours on one device and, with `--cpu-devices N`, also on a data mesh over N CPU devices.
+The two layouts' heaps add up (about 10 + 9 GB on `small`), so on a 24 GiB machine give `--cpu-devices 2`
+with `--configs tiny` only. The reference is transformers' PyTorch model of the same architecture and
+weights with the same loss, clipping and torch.optim.AdamW, 2 threads, in its own process
+(benchmarks/torch_reference.py). Each side runs `--steps` steps after a warm-up step, in `--rounds`
+alternations of the two sides, and reports its best step.
 
 FLOPs per step: workloads.train_step_flops (forward + backward = 3 x forward, LM head included on the 64
 response columns, the ones the loss scores). Our step computes the LM head on those columns only; the
@@ -61,7 +62,7 @@ def main():
   parser.add_argument("--rounds", type=workloads.positive_int, default=2,
                       help="alternations of ours and the reference; each side's best run counts")
   parser.add_argument("--chunk", type=int, default=0, help="train.logprob_chunk")
-  workloads.add_device_flag(parser)
+  workloads.add_device_flag(parser, 1, " (their heaps add up: see above)")
   args = parser.parse_args()
   meshes = workloads.layouts(args.cpu_devices)
   jax_peak = workloads.matmul_peak_flops()

@@ -95,9 +95,9 @@ def positive_int(text: str) -> int:
   return value
 
 
-def add_device_flag(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--cpu-devices", type=positive_int, default=os.cpu_count(),
-                      help="JAX CPU devices (jax_num_cpu_devices); ours runs on 1 and on all of them")
+def add_device_flag(parser: argparse.ArgumentParser, default: int, note: str = "") -> None:
+  parser.add_argument("--cpu-devices", type=positive_int, default=default,
+                      help=f"JAX CPU devices (jax_num_cpu_devices); ours runs on 1 and on all of them{note}")
 
 
 def layouts(cpu_devices: int) -> dict[str, Any]:

@@ -5,10 +5,11 @@ shapes only: the batch size is fixed (prompts_per_step * group_size rows) and th
 (powers of two from 16 up to rollout.max_prompt_len). The decode loop is a `lax.while_loop` of at most
 rollout.max_new_tokens steps that exits once every row has finished (EOS or a stop sequence), checked every
 EXIT_CHECK_STEPS steps: with the rows split over devices the check is an all-reduce, and at every token it
-made the devices wait for each other (on 2 CPU devices, `tiny` generation: best runs of 0.328-0.333 s with the
-check at every step, 0.314-0.328 s every 8 steps, in alternating runs). A batch that finishes early thus runs at most EXIT_CHECK_STEPS - 1 steps
-more than it needs; finished rows emit padding, so the samples do not change. The KV cache is allocated inside the jitted function and lives in the loop carry, which XLA updates in place, so it
-is never copied between steps nor held between calls.
+made the devices wait for each other (on 2 CPU devices, `tiny` generation: best runs of 0.328-0.333 s with
+the check at every step, 0.314-0.328 s every 8 steps, in alternating runs). A batch that finishes early thus
+runs at most EXIT_CHECK_STEPS - 1 steps more than it needs; finished rows emit padding, so the samples do not
+change. The KV cache is allocated inside the jitted function and lives in the loop carry, which XLA updates
+in place, so it is never copied between steps nor held between calls.
 
 Decode segments (rollout.decode_segments = J): attention reads the whole cache, valid slots or not, so the
 prefill writes into a cache as long as the prompt, and the decode loop runs in J segments, each a

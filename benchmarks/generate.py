@@ -50,8 +50,8 @@ def bench(name: str, meshes: dict[str, Mesh], repeats: int, rounds: int, peak: f
                                        nnx.state(model), workloads.generation_prompts(model.cfg.vocab_size).tolist(),
                                        steps)
 
-    def ours():
-      return {layout: workloads.best_seconds(run, repeats) for layout, run in runs.items()}
+    def ours(times: int = repeats) -> dict[str, float]:
+      return {layout: workloads.best_seconds(run, times) for layout, run in runs.items()}
 
     tokens = workloads.PROMPTS * workloads.NEW_TOKENS
     flops = tokens * workloads.forward_flops_per_token(name, workloads.PROMPT_LEN + workloads.NEW_TOKENS / 2)
@@ -59,7 +59,7 @@ def bench(name: str, meshes: dict[str, Mesh], repeats: int, rounds: int, peak: f
       best, ref = workloads.alternate(ours, lambda: workloads.reference_seconds("generate", path, repeats), rounds,
                                       name)
     else:
-      best = {layout: workloads.best_seconds(run, repeats * rounds) for layout, run in runs.items()}
+      best = ours(repeats * rounds)
   for layout, t_ours in best.items():
     print(f"{name:6s} jax sampler, {layout:14s} {tokens / t_ours:9.0f} tokens/s  ({t_ours:.3f} s, MFU "
           f"{flops / t_ours / peak:5.1%})", flush=True)

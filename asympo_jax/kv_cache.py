@@ -23,6 +23,7 @@ API (used by the sampler):
 - `grow(cache, max_len)`: the same cache with room for max_len slots (new slots empty). Attention reads
   every slot of the cache, valid or not, so a decode loop that starts with a small cache and grows it reads
   less (see the sampler's decode segments).
+- `repeat_rows(cache, G)`: each row G times (the sampler prefills each prompt once for its G samples).
 - `cache_axes()`: the logical axes of each field, for `sharding.logical_sharding`.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from asympo_jax.model_config import ModelConfig
+from asympo_jax.sharding import constrain
 
 
 KEY_CHUNK = 32
@@ -69,6 +71,17 @@ def grow(cache: KVCache, max_len: int) -> KVCache:
   pad = lambda x, axis, n: jnp.pad(x, [(0, n if d == axis else 0) for d in range(x.ndim)])
   return KVCache(tuple(pad(k, 2, extra // KEY_CHUNK) for k in cache.k), tuple(pad(v, 2, extra) for v in cache.v),
                  pad(cache.mask_BxS, 1, extra), cache.index)
+
+
+def repeat_rows(cache: KVCache, group: int) -> KVCache:
+  """Every row of `cache` `group` times in a row (row b of the result is row b // group), laid out by
+  `cache_axes` under the current mesh: a prefill of P prompts becomes the cache of their P * group samples."""
+  if group == 1:
+    return cache
+  axes = cache_axes(len(cache.k))
+  rep = lambda x, x_axes: constrain(jnp.repeat(x, group, axis=0), x_axes)
+  return KVCache(tuple(map(rep, cache.k, axes.k)), tuple(map(rep, cache.v, axes.v)),
+                 rep(cache.mask_BxS, axes.mask_BxS), cache.index)
 
 
 def cache_axes(num_layers: int) -> KVCache:

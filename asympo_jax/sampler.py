@@ -17,6 +17,11 @@ prefill writes into a cache as long as the prompt, and the decode loop runs in J
 each. Each segment compiles its own loop body. On the DESIGN §3 `tiny` workload J = 2 cut the generate time
 by about 5% (0.41 to 0.39 s, see README.md).
 
+Groups: each of the P prompts is prefilled once; its cache and first-token logits are then repeated for its G
+rows, so the prefill costs P rather than P * G rows (about half the embedded default's generate time).
+Under a mesh the prompts split over the data x fsdp shards when they divide evenly; otherwise every shard
+prefills them all and keeps its own rows of the repeated cache.
+
 Randomness: row p*G + g draws its t-th token at the t-th of the uniform numbers drawn from its row key, which
 depends on (seed, step, prompt id, g) only (sampling.row_keys), so a response never depends on the rest of the
 batch.
@@ -50,6 +55,7 @@ from asympo_jax import kv_cache as kvc
 from asympo_jax import sampling
 from asympo_jax.config import ConfigError, check
 from asympo_jax.model import Decoder
+from asympo_jax.sharding import constrain, logical_spec
 
 MIN_PROMPT_BUCKET = 16
 EXIT_CHECK_STEPS = 8
@@ -157,16 +163,24 @@ def _restack(split_state: Any) -> Any:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
-def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_PxL: jax.Array, prompt_mask_PxL: jax.Array,
                     keys_B: jax.Array, eos_E: jax.Array, spec: DecodeSpec) -> dict[str, jax.Array]:
-  """Samples spec.max_new_tokens tokens after left-padded prompts (every row's last column is real)."""
+  """Samples spec.max_new_tokens tokens after left-padded prompts (every row's last column is real).
+
+  Row b continues prompt b // G, where G = B / P: the P prompts are prefilled once and their cache and
+  first-token logits are repeated for the G rows of each group.
+  """
   model = nnx.merge(graphdef, state)
-  batch, prompt_len = prompt_BxP.shape
+  prompts, prompt_len = prompt_PxL.shape
+  batch = keys_B.shape[0]
+  if batch % prompts:
+    raise ValueError(f"{batch} row keys do not make whole groups of {prompts} prompts")
+  group = batch // prompts
   n = spec.max_new_tokens
   lengths = cache_lengths(prompt_len, n, spec.segments)
-  cache = kvc.init_cache(model.cfg, batch, prompt_len)
-  positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=1) - 1, 0)
-  hidden, cache = model(prompt_BxP, positions_BxP, prompt_mask_BxP, cache)
+  positions_PxL = jnp.maximum(jnp.cumsum(prompt_mask_PxL, axis=1) - 1, 0)
+  hidden, cache = model(prompt_PxL, positions_PxL, prompt_mask_PxL, kvc.init_cache(model.cfg, prompts, prompt_len))
+  cache = kvc.repeat_rows(cache, group)
   window = max([len(s) for s in spec.stop_sequences], default=1)
   uniforms_BxN = sampling.row_uniforms(keys_B, n)
 
@@ -190,9 +204,10 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Ar
   carry = (jnp.full((batch, n), spec.pad_id, jnp.int32), jnp.zeros((batch, n), jnp.float32),
            jnp.full((batch,), 1, jnp.int32), jnp.zeros((batch,), jnp.int32),
            jnp.full((batch, window), -1, jnp.int32))
-  carry = emit(0, _logits(model, hidden[:, -1]), carry)
+  first_logits_BxV = constrain(jnp.repeat(_logits(model, hidden[:, -1]), group, axis=0), ("act_batch", "act_vocab"))
+  carry = emit(0, first_logits_BxV, carry)
   # The RoPE of every decode step at once (see Decoder.__call__): step i's token sits at last position + i.
-  last_position_B = positions_BxP[:, -1]
+  last_position_B = constrain(jnp.repeat(positions_PxL[:, -1], group), ("act_batch",))
   cos_BxN, sin_BxN = model.rope(last_position_B[:, None] + jnp.arange(n))
   split_state = _split_layers(state)
 
@@ -228,7 +243,7 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_BxP: jax.Ar
 
 
 class Sampler:
-  """Host-side front of `generate_arrays`: pads and buckets prompts, repeats them G times, builds row keys.
+  """Host-side front of `generate_arrays`: pads and buckets prompts, builds the G row keys of each.
 
   `state` arguments are the model's `nnx.State` (as `nnx.split(model)` gives it), on the sampler's devices.
   """
@@ -262,14 +277,15 @@ class Sampler:
     prompt_PxL = np.full((len(prompts), bucket), self.spec.pad_id, np.int32)
     for row, p in enumerate(prompts):
       prompt_PxL[row, bucket - len(p):] = p
-    prompt_BxL = np.repeat(prompt_PxL, group, axis=0)
-    mask_BxL = (np.arange(bucket)[None, :] >= bucket - np.repeat(lengths, group)[:, None]).astype(np.int32)
+    mask_PxL = (np.arange(bucket)[None, :] >= bucket - np.asarray(lengths)[:, None]).astype(np.int32)
     ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids)
-    keys = sampling.row_keys(seed, step, ids, group)
-    arrays = (prompt_BxL, mask_BxL, keys)
+    arrays = (prompt_PxL, mask_PxL, sampling.row_keys(seed, step, ids, group))
     eos = self.eos_E
     if self.mesh is not None:
-      arrays = jax.device_put(arrays, NamedSharding(self.mesh, PartitionSpec(("data", "fsdp"))))
+      # Rows split over data x fsdp; the P prompts too when they divide evenly, else every shard prefills all.
+      rows = lambda x: NamedSharding(self.mesh, logical_spec(("act_batch",) + (None,) * (x.ndim - 1), x.shape,
+                                                             dict(self.mesh.shape)))
+      arrays = tuple(jax.device_put(x, rows(x)) for x in arrays)
       eos = jax.device_put(eos, NamedSharding(self.mesh, PartitionSpec()))
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
       out = generate_arrays(self.graphdef, state, *arrays, eos, spec=self.spec)

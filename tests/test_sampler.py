@@ -9,7 +9,7 @@ from scipy import stats
 from jax.sharding import Mesh
 
 from asympo_jax import config as config_lib
-from asympo_jax import hf_io, run
+from asympo_jax import hf_io, run, sampling
 from asympo_jax import sampler as sampler_lib
 from asympo_jax.sampler import EXIT_CHECK_STEPS, Sampler, cache_lengths, prompt_bucket, rollout_mesh
 from asympo_jax.sharding import MESH_AXES
@@ -230,6 +230,43 @@ def test_the_training_mesh_splits_the_rows_and_samples_the_same(checkpoint_path,
 
   one, per_device = flops
   assert per_device < 1.1 * one / 8, (per_device, one)
+
+
+def test_prompts_on_fewer_rows_than_shards_sample_the_same(checkpoint_path, checkpoint):
+  # 2 prompts x 8 samples on 8 devices: the prefill cannot split 2 prompts 8 ways, so every device prefills
+  # both, and its rows are taken from the repeated cache.
+  path, _ = checkpoint_path
+  _, model = checkpoint
+  mesh = Mesh(np.array(jax.devices()).reshape(8, 1, 1), MESH_AXES)
+  cfg = rollout_cfg(prompts_per_step=2, group_size=8, record_behaviour_logprobs=True)
+  prompts = random_prompts([5, 13], seed=6)
+  want = Sampler(model, cfg, eos_ids=[11], pad_id=0).generate(nnx.state(model), prompts, seed=2, step=1)
+  state = run.make_transfer(mesh)(nnx.state(hf_io.load_model(path, mesh)))
+  got = Sampler(model, cfg, eos_ids=[11], pad_id=0, mesh=mesh).generate(state, prompts, seed=2, step=1)
+  np.testing.assert_array_equal(got.tokens_BxN, want.tokens_BxN)
+  np.testing.assert_allclose(got.logprobs_BxN, want.logprobs_BxN, atol=1e-5)
+
+
+def test_one_prefill_per_prompt_samples_as_one_per_row(checkpoint):
+  # generate_arrays prefills P prompts once for their G rows each. Given every row's prompt instead (G = 1),
+  # it prefills B rows: the samples must be the same, and the shared prefill must cost fewer FLOPs.
+  _, model = checkpoint
+  group = 8
+  prompt_PxL, mask_PxL = (x.astype(np.int32) for x in left_pad(random_prompts([3, 16, 9], seed=7), 16))
+  keys_B = sampling.row_keys(5, 4, np.arange(3), group)
+  eos_E = np.asarray([11], np.int32)
+  spec = Sampler(model, rollout_cfg(**FILTERED), eos_ids=[11], pad_id=0).spec
+  graphdef, state = nnx.split(model)
+  shared = (graphdef, state, prompt_PxL, mask_PxL, keys_B, eos_E)
+  per_row = (graphdef, state, np.repeat(prompt_PxL, group, 0), np.repeat(mask_PxL, group, 0), keys_B, eos_E)
+  got, want = (sampler_lib.generate_arrays(*args, spec=spec) for args in (shared, per_row))
+  assert (want["finish"] == 1).any() and (want["finish"] == 0).any()
+  for name in ("tokens", "mask", "finish", "forward_passes"):
+    np.testing.assert_array_equal(got[name], want[name])
+  np.testing.assert_allclose(got["logprobs"], want["logprobs"], atol=1e-5)  # matmuls of 3 or 24 rows round apart
+  flops = [sampler_lib.generate_arrays.lower(*args, spec=spec).compile().cost_analysis()["flops"]
+           for args in (shared, per_row)]
+  assert flops[0] < 0.6 * flops[1], flops
 
 
 def test_transfer_copies_even_onto_the_same_shardings(checkpoint_path):

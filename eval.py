@@ -8,7 +8,8 @@
 <out_dir>/<benchmark>.json, one record per (run, step), and <benchmark>.png plots them against training step,
 one line per run; each checkpoint's outputs go to <out_dir>/samples/<benchmark>/<run>_<step>.jsonl.
 The config comes from --config (a config file), else from the run's checkpoint, else base_config(); the
-flags below override its eval keys.
+flags below override its eval keys. Sampling runs on every device (a data mesh, parameters replicated); each
+record names that mesh. eval.batch_size is rounded up to a multiple of the device count.
 """
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ import os
 import re
 from typing import Any, Callable
 
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx
+from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from asympo_jax import checkpoint, data, evaluation, hf_io, rewards
+from asympo_jax import checkpoint, data, evaluation, hf_io, rewards, sharding
 from asympo_jax import config as config_lib
 from asympo_jax.completions import Completer
 
@@ -89,25 +93,26 @@ def run_config(ckpt: Checkpoint) -> ml_collections.ConfigDict | None:
     checkpointer.close()
 
 
-def load_hf(ckpt: Checkpoint, cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
-  return hf_io.load_model(ckpt.path, param_dtype=cfg.model.param_dtype), hf_io.load_tokenizer(ckpt.path)
+def load_hf(ckpt: Checkpoint, cfg: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, Any]:
+  return hf_io.load_model(ckpt.path, mesh, param_dtype=cfg.model.param_dtype), hf_io.load_tokenizer(ckpt.path)
 
 
-def load_orbax(ckpt: Checkpoint, cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
+def load_orbax(ckpt: Checkpoint, cfg: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, Any]:
   """The run's model (architecture and tokenizer from config.model.hf_path) with the step's trained params,
   read alone from the checkpoint's `state` item (state["train"].params), so the optimizer state and the
   pending rollout batches are never loaded."""
   if not cfg.model.hf_path:
     raise app.UsageError(f"{ckpt.path}: the run's config.model.hf_path is empty, so its architecture is unknown")
-  model = hf_io.load_model(cfg.model.hf_path, param_dtype=cfg.model.param_dtype)
+  model = hf_io.load_model(cfg.model.hf_path, mesh, param_dtype=cfg.model.param_dtype)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  restored = ocp.PyTreeCheckpointer().restore(
-      os.path.join(ckpt.path, "state"),
-      args=ocp.args.PyTreeRestore(item={"train": {"params": checkpoint.abstract(params)}}, partial_restore=True))
+  target = {"train": {"params": checkpoint.abstract(params)}}
+  restored = ocp.PyTreeCheckpointer().restore(  # restore_args: onto `mesh`, not the devices the run saved from
+      os.path.join(ckpt.path, "state"), args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
   return nnx.merge(graphdef, restored["train"]["params"], rest), hf_io.load_tokenizer(cfg.model.hf_path)
 
 
-LOADERS: dict[str, Callable[[Checkpoint, ml_collections.ConfigDict], tuple[Any, Any]]] = {
+LOADERS: dict[str, Callable[[Checkpoint, ml_collections.ConfigDict, Mesh], tuple[Any, Any]]] = {
     "hf": load_hf, "orbax": load_orbax}
 
 
@@ -130,18 +135,18 @@ def configure(ckpt: Checkpoint) -> ml_collections.ConfigDict:
   return cfg
 
 
-def evaluate_checkpoint(ckpt: Checkpoint, pool: rewards.RewardPool) -> None:
+def evaluate_checkpoint(ckpt: Checkpoint, pool: rewards.RewardPool, mesh: Mesh) -> None:
   cfg = configure(ckpt)
   out_dir = cfg.eval.out_dir or os.path.join(cfg.workdir, "eval")
-  model, tokenizer = LOADERS[ckpt.kind](ckpt, cfg)
-  complete = Completer(model, tokenizer, cfg, seed=cfg.seed)
+  model, tokenizer = LOADERS[ckpt.kind](ckpt, cfg, mesh)
+  complete = Completer(model, tokenizer, cfg, seed=cfg.seed, mesh=mesh)
   for spec in data.split_specs(cfg.data.eval):
     problems = data.load(spec, cfg.data.dir, cfg.data.hub, cfg.data.max_eval_problems)
     before = pool.counters.copy()
     summary, per_problem = evaluation.run_benchmark(problems, complete, pool.score, cfg.eval.samples,
                                                     evaluation.default_ks(cfg.eval.samples))
     name = evaluation.file_name(spec)
-    record = {"run": ckpt.run, "step": ckpt.step, "checkpoint": ckpt.path, **summary,
+    record = {"run": ckpt.run, "step": ckpt.step, "checkpoint": ckpt.path, "mesh": dict(mesh.shape), **summary,
               "prompts_truncated": complete.truncated, "outcomes": dict(pool.counters - before)}
     records = evaluation.update_results(os.path.join(out_dir, f"{name}.json"), spec, [record])
     evaluation.plot(records, spec, os.path.join(out_dir, f"{name}.png"))
@@ -162,9 +167,12 @@ def main(argv):
   if not checkpoints:
     raise app.UsageError("give --checkpoint and/or --run")
   cfg = configure(checkpoints[0])
+  # Every device samples its share of each batch, the parameters replicated: whatever mesh a run trained on,
+  # this one fits any machine the model fits one device of.
+  mesh = Mesh(np.asarray(jax.devices()).reshape(-1, 1, 1), sharding.MESH_AXES)
   with rewards.RewardPool(cfg.data.reward_workers, cfg.data.reward_timeout_s) as pool:
     for ckpt in checkpoints:
-      evaluate_checkpoint(ckpt, pool)
+      evaluate_checkpoint(ckpt, pool, mesh)
 
 
 if __name__ == "__main__":

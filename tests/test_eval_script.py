@@ -71,24 +71,38 @@ def test_eval_script_end_to_end(tmp_path):
   env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
   result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  # The same checkpoint on one device: the 8-device run split its batches and sampled the same outputs.
+  one = tmp_path / "eval_one_device"
+  cmd_one = [c for c in cmd if not c.startswith(("--checkpoint", "--run", "--out_dir"))]
+  env_one = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  result = subprocess.run(cmd_one + [f"--out_dir={one}", f"--checkpoint={base / 'step_5'}"], capture_output=True,
+                          text=True, env=env_one, cwd=tmp_path, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
   for name in ("gsm8k_test", "math500_test"):
     with open(out / f"{name}.json") as f:
       stored = json.load(f)
     records = stored["results"]
     assert stored["benchmark"] == name
     assert [(r["run"], r["step"]) for r in records] == [("base", 0), ("base", 5), ("rl", 3), ("rl", 9)]
+    with open(one / f"{name}.json") as f:
+      (on_one_device,) = json.load(f)["results"]
+    assert on_one_device["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
     for r in records:
+      assert r["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
       assert r["problems"] == 3 and r["prompts_truncated"] == 3
       assert {"greedy_accuracy", "avg@2", "pass@1", "pass@2"} <= set(r)
       assert all(0.0 <= r[k] <= 1.0 for k in ("greedy_accuracy", "avg@2", "pass@1", "pass@2"))
       assert sum(r["outcomes"].values()) == 3 * (1 + 2)  # every greedy and sampled output was scored
     assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    outputs = {}
+    outputs, samples = {}, {}
     for run_step in ("base_0", "base_5", "rl_3", "rl_9"):
       with open(out / "samples" / name / f"{run_step}.jsonl") as f:
         lines = [json.loads(line) for line in f]
       assert len(lines) == 3 and all(len(x["sample_rewards"]) == 2 for x in lines)
       outputs[run_step] = [x["greedy"] for x in lines]
+      samples[run_step] = lines
     # The orbax steps hold the HF checkpoints' params: the same greedy outputs show they were loaded.
     assert outputs["base_0"] != outputs["base_5"]
     assert outputs["rl_3"] == outputs["base_0"] and outputs["rl_9"] == outputs["base_5"]
+    with open(one / "samples" / name / "base_5.jsonl") as f:
+      assert [json.loads(line) for line in f] == samples["base_5"]

@@ -232,6 +232,29 @@ def test_the_training_mesh_splits_the_rows_and_samples_the_same(checkpoint_path,
   assert per_device < 1.1 * one / 8, (per_device, one)
 
 
+def test_no_exit_check_when_nothing_can_stop(checkpoint_path, monkeypatch):
+  # The exit check is an all-reduce over the row shards; with no EOS id and no stop sequence it can never
+  # fire, so the compiled loop must not hold it, and every row runs to max_new_tokens.
+  mesh = Mesh(np.array(jax.devices()).reshape(8, 1, 1), MESH_AXES)
+  model = hf_io.load_model(checkpoint_path[0], mesh)
+  state = run.make_transfer(mesh)(nnx.state(model))
+  programs = []
+
+  def spy(*args, **kwargs):
+    programs.append(real.lower(*args, **kwargs).compile().as_text())
+    return real(*args, **kwargs)
+
+  real = sampler_lib.generate_arrays
+  monkeypatch.setattr(sampler_lib, "generate_arrays", spy)
+  cfg = rollout_cfg(prompts_per_step=8, max_new_tokens=20)
+  prompts = random_prompts([3, 9, 5, 16, 2, 7, 11, 4], seed=8)
+  outs = [Sampler(model, cfg, eos_ids=eos_ids, pad_id=0, mesh=mesh).generate(state, prompts, seed=0, step=0)
+          for eos_ids in ([], [11])]
+  never, can = programs
+  assert "all-reduce" not in never and "all-reduce" in can
+  assert outs[0].mask_BxN.all() and outs[0].forward_passes == 20
+
+
 def test_prompts_on_fewer_rows_than_shards_sample_the_same(checkpoint_path, checkpoint):
   # 2 prompts x 8 samples on 8 devices: the prefill cannot split 2 prompts 8 ways, so every device prefills
   # both, and its rows are taken from the repeated cache.

@@ -30,6 +30,8 @@ SECTIONS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
 
 
 def _validate_train(cfg: ml_collections.ConfigDict) -> None:
+  # The sampler's row keys take the seed as an int32 array argument.
+  check(0 <= cfg.seed < 2**31, "seed", f"must be in [0, 2**31), got {cfg.seed}")
   t = cfg.train
   check(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
   check(t.micro_batches >= 1, "train.micro_batches", f"must be >= 1, got {t.micro_batches}")

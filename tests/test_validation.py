@@ -10,8 +10,8 @@ def _cfg(**overrides):
   cfg = base_config()
   cfg.rollout.prompts_per_step, cfg.rollout.group_size = 4, 4
   for key, value in overrides.items():
-    section, name = key.split(".")
-    cfg[section][name] = value
+    *section, name = key.split(".")
+    (cfg[section[0]] if section else cfg)[name] = value
   return cfg
 
 
@@ -35,6 +35,8 @@ BAD = [
     ({"model.hf_path": "/nonexistent"}, "not a Hugging Face directory", None),
     ({"model.remat": "some"}, "model.remat", None),
     ({"rollout.group_size": 1}, "rollout.group_size", None),
+    ({"seed": 2**31}, "seed", None),
+    ({"seed": -1}, "seed", None),
 ]
 
 

@@ -39,7 +39,8 @@ flags.DEFINE_string("benchmarks", None, "dataset specs, comma-separated (default
 flags.DEFINE_string("out_dir", None, "results directory (default: config.eval.out_dir, else <workdir>/eval)")
 flags.DEFINE_string("run_name", None, "the run name of --checkpoint results (default: its parent directory)")
 flags.DEFINE_integer("samples", None, "samples per problem for avg@k / pass@k (default: config.eval.samples)")
-flags.DEFINE_integer("max_problems", None, "first N problems of each benchmark (default: config.data.max_eval_problems)")
+flags.DEFINE_integer("max_problems", None,
+                     "first N problems of each benchmark (default: config.data.max_eval_problems)")
 flags.DEFINE_integer("max_new_tokens", None, "(default: config.rollout.max_new_tokens)")
 flags.DEFINE_integer("max_prompt_len", None, "(default: config.rollout.max_prompt_len)")
 flags.DEFINE_integer("batch_size", None, "prompts per generate call (default: config.eval.batch_size)")

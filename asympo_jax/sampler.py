@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -265,6 +266,11 @@ class Sampler:
         stop_sequences=tuple(tuple(s) for s in cfg_rollout.stop_sequences), pad_id=int(pad_id),
         record_logprobs=bool(cfg_rollout.record_behaviour_logprobs), segments=cfg_rollout.decode_segments)
     self.eos_E = np.asarray(eos_ids, np.int32)
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
+    if rows % shards:  # correct, but each shard then does all the work: say so rather than run slowly unseen
+      logging.warning("sampler: %d rows do not split over the mesh's %d data x fsdp shards; every shard samples "
+                      "all of them", rows, shards)
 
   def generate(self, state: nnx.State, prompts: Sequence[Sequence[int]], *, seed: int, step: int,
                prompt_ids: Sequence[int] | None = None) -> Samples:

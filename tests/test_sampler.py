@@ -1,4 +1,6 @@
 """The jitted sampler against transformers' generate and against full forward passes."""
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -266,6 +268,24 @@ def test_prompts_on_fewer_rows_than_shards_sample_the_same(checkpoint_path, chec
   want = Sampler(model, cfg, eos_ids=[11], pad_id=0).generate(nnx.state(model), prompts, seed=2, step=1)
   state = run.make_transfer(mesh)(nnx.state(hf_io.load_model(path, mesh)))
   got = Sampler(model, cfg, eos_ids=[11], pad_id=0, mesh=mesh).generate(state, prompts, seed=2, step=1)
+  np.testing.assert_array_equal(got.tokens_BxN, want.tokens_BxN)
+  np.testing.assert_allclose(got.logprobs_BxN, want.logprobs_BxN, atol=1e-5)
+
+
+def test_rows_that_do_not_split_are_sampled_whole_with_a_warning(checkpoint_path, checkpoint, caplog):
+  # 3 rows on 8 devices (as when a process's rows do not divide its local devices): every device samples
+  # them all, the samples are one device's, and the log says why this is slow.
+  path, _ = checkpoint_path
+  _, model = checkpoint
+  mesh = Mesh(np.array(jax.devices()).reshape(8, 1, 1), MESH_AXES)
+  cfg = rollout_cfg(prompts_per_step=3, group_size=1, record_behaviour_logprobs=True)
+  prompts = random_prompts([5, 13, 2], seed=9)
+  want = Sampler(model, cfg, eos_ids=[11], pad_id=0).generate(nnx.state(model), prompts, seed=2, step=1)
+  assert "do not split" not in caplog.text
+  state = run.make_transfer(mesh)(nnx.state(hf_io.load_model(path, mesh)))
+  with caplog.at_level(logging.WARNING):
+    got = Sampler(model, cfg, eos_ids=[11], pad_id=0, mesh=mesh).generate(state, prompts, seed=2, step=1)
+  assert "3 rows do not split over the mesh's 8 data x fsdp shards" in caplog.text
   np.testing.assert_array_equal(got.tokens_BxN, want.tokens_BxN)
   np.testing.assert_allclose(got.logprobs_BxN, want.logprobs_BxN, atol=1e-5)
 

@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx
@@ -170,7 +169,7 @@ def main(argv):
   cfg = configure(checkpoints[0])
   # Every device samples its share of each batch, the parameters replicated: whatever mesh a run trained on,
   # this one fits any machine the model fits one device of.
-  mesh = Mesh(np.asarray(jax.devices()).reshape(-1, 1, 1), sharding.MESH_AXES)
+  mesh = sharding.data_mesh(jax.devices())
   with rewards.RewardPool(cfg.data.reward_workers, cfg.data.reward_timeout_s) as pool:
     for ckpt in checkpoints:
       evaluate_checkpoint(ckpt, pool, mesh)

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from asympo_jax import prompts
+from asympo_jax import prompts, sharding
 from asympo_jax.model import Decoder
 from asympo_jax.sampler import Sampler
 
@@ -40,7 +40,7 @@ class Completer:
                mesh: Mesh | None = None) -> None:
     self.model, self.tokenizer, self.cfg, self.seed, self.mesh = model, tokenizer, cfg, seed, mesh
     self.state = nnx.state(model)
-    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    shards = sharding.row_shards(mesh)
     self.batch_size = -(-cfg.eval.batch_size // shards) * shards
     self.eos = eos_ids(tokenizer, model.cfg.eos_token_id)
     self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]

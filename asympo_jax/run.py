@@ -16,7 +16,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -60,8 +59,7 @@ def process_prompts(prompts_for_step: rollout_batch.PromptsFn, num_prompts: int)
 def sampling_mesh(cfg: ml_collections.ConfigDict, training_mesh: Mesh) -> Mesh:
   """The devices this process samples and evaluates on (see the module docstring)."""
   if jax.process_count() > 1:
-    local = jax.local_devices()
-    return Mesh(np.asarray(local).reshape(len(local), 1, 1), sharding.MESH_AXES)
+    return sharding.data_mesh(jax.local_devices())
   return sampler.rollout_mesh(cfg.rollout) or training_mesh
 
 

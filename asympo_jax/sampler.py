@@ -58,7 +58,7 @@ from asympo_jax import kv_cache as kvc
 from asympo_jax import sampling
 from asympo_jax.config import ConfigError, check
 from asympo_jax.model import Decoder
-from asympo_jax.sharding import constrain, logical_spec
+from asympo_jax.sharding import constrain, data_mesh, logical_sharding, row_shards
 
 MIN_PROMPT_BUCKET = 16
 EXIT_CHECK_STEPS = 8
@@ -98,7 +98,7 @@ def rollout_mesh(cfg_rollout: ml_collections.ConfigDict, devices: Sequence[jax.D
   rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
   check(rows % len(chosen) == 0, "rollout.devices",
         f"{len(chosen)} devices do not divide the {rows} rows (prompts_per_step * group_size)")
-  return Mesh(np.asarray(chosen).reshape(len(chosen), 1, 1), ("data", "fsdp", "tensor"))
+  return data_mesh(chosen)
 
 
 def prompt_bucket(length: int, max_prompt_len: int) -> int:
@@ -266,7 +266,9 @@ class Sampler:
         stop_sequences=tuple(tuple(s) for s in cfg_rollout.stop_sequences), pad_id=int(pad_id),
         record_logprobs=bool(cfg_rollout.record_behaviour_logprobs), segments=cfg_rollout.decode_segments)
     self.eos_E = np.asarray(eos_ids, np.int32)
-    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    if mesh is not None:  # placed once: every call reads it
+      self.eos_E = jax.device_put(self.eos_E, NamedSharding(mesh, PartitionSpec()))
+    shards = row_shards(mesh)
     rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
     if rows % shards:  # correct, but each shard then does all the work: say so rather than run slowly unseen
       logging.warning("sampler: %d rows do not split over the mesh's %d data x fsdp shards; every shard samples "
@@ -291,15 +293,12 @@ class Sampler:
     mask_PxL = (np.arange(bucket)[None, :] >= bucket - np.asarray(lengths)[:, None]).astype(np.int32)
     ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids)
     arrays = (prompt_PxL, mask_PxL, sampling.row_keys(seed, step, ids, group))
-    eos = self.eos_E
     if self.mesh is not None:
       # Rows split over data x fsdp; the P prompts too when they divide evenly, else every shard prefills all.
-      rows = lambda x: NamedSharding(self.mesh, logical_spec(("act_batch",) + (None,) * (x.ndim - 1), x.shape,
-                                                             dict(self.mesh.shape)))
-      arrays = tuple(jax.device_put(x, rows(x)) for x in arrays)
-      eos = jax.device_put(eos, NamedSharding(self.mesh, PartitionSpec()))
+      arrays = tuple(jax.device_put(x, logical_sharding(("act_batch",) + (None,) * (x.ndim - 1), x.shape, self.mesh))
+                     for x in arrays)
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-      out = generate_arrays(self.graphdef, state, *arrays, eos, spec=self.spec)
+      out = generate_arrays(self.graphdef, state, *arrays, self.eos_E, spec=self.spec)
     out = jax.device_get(out)
     return Samples(out["tokens"], out["mask"], out["finish"],
                    out["logprobs"] if self.spec.record_logprobs else None, int(out["forward_passes"]))

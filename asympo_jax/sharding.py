@@ -67,6 +67,16 @@ def make_mesh(cfg_mesh: ml_collections.ConfigDict, devices: Sequence[jax.Device]
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
+def data_mesh(devices: Sequence[jax.Device]) -> Mesh:
+  """A (data, fsdp, tensor) mesh with every device on `data`: rows split, parameters replicated."""
+  return Mesh(np.asarray(devices).reshape(len(devices), 1, 1), MESH_AXES)
+
+
+def row_shards(mesh: Mesh | None) -> int:
+  """How many ways `mesh` splits a batch's rows (data x fsdp); 1 without a mesh."""
+  return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: dict[str, int]) -> PartitionSpec:
   """The PartitionSpec `RULES` give an array of `shape` with logical `axes` on a mesh of `mesh_shape`."""
   if len(axes) != len(shape):

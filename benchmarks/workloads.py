@@ -106,13 +106,14 @@ def layouts(cpu_devices: int) -> dict[str, Any]:
   be busy where one two-core device leaves a core idle in its single-threaded ops). Call before any other
   JAX use: it sets jax_num_cpu_devices."""
   import jax  # here, not at module level: torch_reference.py imports this module and must not start JAX
-  from jax.sharding import Mesh
+
+  from asympo_jax import sharding
 
   jax.config.update("jax_num_cpu_devices", cpu_devices)
   devices = jax.devices()
   sizes = sorted({1, len(devices)})
   return {f"{n} {jax.default_backend()} device{'s' if n > 1 else ''}":
-          Mesh(np.asarray(devices[:n]).reshape(n, 1, 1), ("data", "fsdp", "tensor")) for n in sizes}
+          sharding.data_mesh(devices[:n]) for n in sizes}
 
 
 def alternate(ours: Callable[[], dict[str, float]], reference: Callable[[], dict[str, Any]], rounds: int,

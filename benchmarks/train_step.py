@@ -79,8 +79,8 @@ def main():
           lambda: {layout: workloads.best_seconds(one, args.steps) for layout, one in steps.items()},
           lambda: workloads.reference_seconds("train_step", path, args.steps), args.rounds, name)
     peak = max(jax_peak, ref["matmul_peak_flops"])
-    print(f"f32 matmul peak (2048^3): jax {jax_peak / 1e9:.1f} GFLOP/s, torch {ref['matmul_peak_flops'] / 1e9:.1f} "
-          f"GFLOP/s -> {peak / 1e9:.1f}")
+    print(f"f32 matmul peak: jax ({workloads.matmul_peak_size()}^3) {jax_peak / 1e9:.1f} GFLOP/s, "
+          f"torch (2048^3) {ref['matmul_peak_flops'] / 1e9:.1f} GFLOP/s -> {peak / 1e9:.1f}")
     rows = [(f"jax, {layout}", sec) for layout, sec in ours.items()]
     for label, sec in rows + [(f"torch {ref['threads']} threads", ref["seconds"])]:
       print(f"{name:5s} {label:20s} {sec:7.3f} s/step  {tokens / sec:8.0f} tokens/s  "

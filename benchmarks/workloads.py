@@ -140,8 +140,8 @@ def alternate(ours: Callable[[], dict[str, float]], reference: Callable[[], dict
 
 def matmul_peak_size() -> int:
   """n of the n x n x n product that measures the peak: 2048 on a CPU, 8192 on an accelerator. On one H100 a
-  2048^3 product lasts tens of microseconds, so dispatch and sync dominated it: the "peak" came out at 71-109
-  TFLOP/s, under the 103 TFLOP/s that the `small` train step reached (an MFU of 145%)."""
+  2048^3 product lasts tens of microseconds, so dispatch and sync dominated it: the "peak" came out at 71 to
+  109 TFLOP/s in three processes, and at 71 in the one whose `small` train step reached 103 (an MFU of 145%)."""
   import jax  # here, not at module level: torch_reference.py imports this module and must not start JAX
 
   return 2048 if jax.default_backend() == "cpu" else 8192

@@ -14,7 +14,7 @@ from asympo_jax import config as config_lib
 from asympo_jax import hf_io, run, sampling
 from asympo_jax import sampler as sampler_lib
 from asympo_jax.sampler import EXIT_CHECK_STEPS, Sampler, cache_lengths, prompt_bucket, rollout_mesh
-from asympo_jax.sharding import MESH_AXES
+from asympo_jax.sharding import MESH_AXES, data_mesh
 from tiny_checkpoints import make_checkpoint, positions_from_mask, torch_logits
 
 VOCAB = 101  # tiny_checkpoints' vocabulary
@@ -191,7 +191,7 @@ def test_disjoint_rollout_devices_sample_the_same(checkpoint):
   prompts = random_prompts([3, 9, 5, 16])
   run_cfg = config_lib.base_config()
   run_cfg.rollout.devices = "4:8"
-  training_mesh = Mesh(np.array(jax.devices()[:4]).reshape(4, 1, 1), MESH_AXES)
+  training_mesh = data_mesh(jax.devices()[:4])
   mesh = run.sampling_mesh(run_cfg, training_mesh)
   cfg = rollout_cfg(temperature=0.0, group_size=2, devices="4:8")
   here = Sampler(model, rollout_cfg(temperature=0.0, group_size=2), eos_ids=[2], pad_id=0)
@@ -237,7 +237,7 @@ def test_the_training_mesh_splits_the_rows_and_samples_the_same(checkpoint_path,
 def test_no_exit_check_when_nothing_can_stop(checkpoint_path, monkeypatch):
   # The exit check is an all-reduce over the row shards; with no EOS id and no stop sequence it can never
   # fire, so the compiled loop must not hold it, and every row runs to max_new_tokens.
-  mesh = Mesh(np.array(jax.devices()).reshape(8, 1, 1), MESH_AXES)
+  mesh = data_mesh(jax.devices())
   model = hf_io.load_model(checkpoint_path[0], mesh)
   state = run.make_transfer(mesh)(nnx.state(model))
   programs = []
@@ -262,7 +262,7 @@ def test_prompts_on_fewer_rows_than_shards_sample_the_same(checkpoint_path, chec
   # both, and its rows are taken from the repeated cache.
   path, _ = checkpoint_path
   _, model = checkpoint
-  mesh = Mesh(np.array(jax.devices()).reshape(8, 1, 1), MESH_AXES)
+  mesh = data_mesh(jax.devices())
   cfg = rollout_cfg(prompts_per_step=2, group_size=8, record_behaviour_logprobs=True)
   prompts = random_prompts([5, 13], seed=6)
   want = Sampler(model, cfg, eos_ids=[11], pad_id=0).generate(nnx.state(model), prompts, seed=2, step=1)
@@ -277,7 +277,7 @@ def test_rows_that_do_not_split_are_sampled_whole_with_a_warning(checkpoint_path
   # them all, the samples are one device's, and the log says why this is slow.
   path, _ = checkpoint_path
   _, model = checkpoint
-  mesh = Mesh(np.array(jax.devices()).reshape(8, 1, 1), MESH_AXES)
+  mesh = data_mesh(jax.devices())
   cfg = rollout_cfg(prompts_per_step=3, group_size=1, record_behaviour_logprobs=True)
   prompts = random_prompts([5, 13, 2], seed=9)
   want = Sampler(model, cfg, eos_ids=[11], pad_id=0).generate(nnx.state(model), prompts, seed=2, step=1)

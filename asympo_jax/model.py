@@ -114,9 +114,13 @@ class Decoder(nnx.Module):
                ) -> tuple[jax.Array, kvc.KVCache | None]:
     """Hidden states [B, T, D] after the final norm, and the cache with the T new tokens written in.
 
-    `rope`, when given, is `self.rope(positions_BxT)` computed by the caller: a decode loop computes it for all
-    its steps at once, because inside the loop XLA:CPU fuses the cosine and sine into every layer's RoPE and
-    evaluates them per head and element (most of the RoPE time of a decode step).
+    `rope`, when given, is `self.rope(positions_BxT)` computed by the caller, because otherwise XLA:CPU fuses
+    the cosine and sine into every layer's RoPE (forward and backward) and evaluates them per head and element.
+    A decode loop computes it for all its steps before the loop; the train step and the sampler's prefill get
+    it from `rope_inputs`, a program of its own, so it reaches theirs as an input, which XLA cannot fuse.
+    DESIGN §3 workloads on this 2-core CPU: the `small` train step took 8.09-8.33 s with them inside, 7.81-8.06
+    s without (best of 4-5 steps, five alternating runs each); in `tiny` generation the prefill's RoPE fusions
+    fell from about 6.3 to 1.4 ms per device (profiles; the whole run is about 330 ms).
     """
     cfg = self.cfg
     h = jnp.take(self.embed[...], tokens_BxT, axis=0)
@@ -255,6 +259,18 @@ def attention(q_BxTxHxhd: jax.Array, k_BxKxCxhdxW: jax.Array, v_BxKxSxhd: jax.Ar
   probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0)
   out = jnp.einsum("bkqs,bksh->bkqh", probs.astype(v_BxKxSxhd.dtype), v_BxKxSxhd)
   return out.reshape(B, K, G, T, hd).transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd)
+
+
+def positions_of(mask_BxT: jax.Array) -> jax.Array:
+  """Positions of left-padded rows: the count of real tokens before each column (padding gets 0)."""
+  return jnp.maximum(jnp.cumsum(mask_BxT, axis=1) - 1, 0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def rope_inputs(graphdef: nnx.GraphDef, mask_BxT: jax.Array, *states: nnx.State) -> tuple[jax.Array, jax.Array]:
+  """`Decoder.rope(positions_of(mask_BxT))` of the model (graphdef, *states), compiled on its own: see
+  `Decoder.__call__` for why. Only the model's config is read; the states' arrays are not used."""
+  return nnx.merge(graphdef, *states).rope(positions_of(mask_BxT))
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: Llama3RopeScaling | None) -> jax.Array:

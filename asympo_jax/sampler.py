@@ -57,7 +57,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from asympo_jax import kv_cache as kvc
 from asympo_jax import sampling
 from asympo_jax.config import ConfigError, check
-from asympo_jax.model import Decoder
+from asympo_jax.model import Decoder, positions_of, rope_inputs
 from asympo_jax.sharding import constrain, data_mesh, logical_sharding, row_shards
 
 MIN_PROMPT_BUCKET = 16
@@ -167,8 +167,11 @@ def _restack(split_state: Any) -> Any:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
 def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_PxL: jax.Array, prompt_mask_PxL: jax.Array,
-                    keys_B: jax.Array, eos_E: jax.Array, spec: DecodeSpec) -> dict[str, jax.Array]:
+                    keys_B: jax.Array, eos_E: jax.Array, prompt_rope: tuple[jax.Array, jax.Array],
+                    spec: DecodeSpec) -> dict[str, jax.Array]:
   """Samples spec.max_new_tokens tokens after left-padded prompts (every row's last column is real).
+
+  `prompt_rope` is `rope_inputs` of the prompt mask (see model.Decoder.__call__).
 
   Row b continues prompt b // G, where G = B / P: the P prompts are prefilled once and their cache and
   first-token logits are repeated for the G rows of each group.
@@ -181,8 +184,9 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_PxL: jax.Ar
   group = batch // prompts
   n = spec.max_new_tokens
   lengths = cache_lengths(prompt_len, n, spec.segments)
-  positions_PxL = jnp.maximum(jnp.cumsum(prompt_mask_PxL, axis=1) - 1, 0)
-  hidden, cache = model(prompt_PxL, positions_PxL, prompt_mask_PxL, kvc.init_cache(model.cfg, prompts, prompt_len))
+  positions_PxL = positions_of(prompt_mask_PxL)
+  hidden, cache = model(prompt_PxL, positions_PxL, prompt_mask_PxL, kvc.init_cache(model.cfg, prompts, prompt_len),
+                        rope=prompt_rope)
   cache = kvc.repeat_rows(cache, group)
   window = max([len(s) for s in spec.stop_sequences], default=1)
   uniforms_BxN = sampling.row_uniforms(keys_B, n)
@@ -298,7 +302,8 @@ class Sampler:
       arrays = tuple(jax.device_put(x, logical_sharding(("act_batch",) + (None,) * (x.ndim - 1), x.shape, self.mesh))
                      for x in arrays)
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-      out = generate_arrays(self.graphdef, state, *arrays, self.eos_E, spec=self.spec)
+      rope = rope_inputs(self.graphdef, arrays[1], state)
+      out = generate_arrays(self.graphdef, state, *arrays, self.eos_E, rope, spec=self.spec)
     out = jax.device_get(out)
     return Samples(out["tokens"], out["mask"], out["finish"],
                    out["logprobs"] if self.spec.record_logprobs else None, int(out["forward_passes"]))

@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from asympo_jax import model as model_lib
 from asympo_jax import objectives, optim, sharding
 from asympo_jax.logprobs import token_logprobs
 
@@ -73,16 +74,16 @@ def check_batch(batch: Mapping[str, Any], cfg_rollout: ml_collections.ConfigDict
                      f"rollout.max_new_tokens={response} columns (contracts.md)")
 
 
-def positions_of(input_mask_BxT: jax.Array) -> jax.Array:
-  return jnp.maximum(jnp.cumsum(input_mask_BxT, axis=1) - 1, 0)
-
-
 def policy_logprobs(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, batch: Batch,
                     chunk: int, response_len: int) -> tuple[jax.Array, jax.Array]:
   """(logprobs_BxT, entropy_BxT) of the batch's own tokens under `params`, on its last `response_len`
-  columns (0 elsewhere): in a train batch (contracts.md) the responses and so the loss are there."""
+  columns (0 elsewhere): in a train batch (contracts.md) the responses and so the loss are there.
+
+  The RoPE cos and sin come from batch["rope"] when the batch holds them (`make_train_step` adds them).
+  """
   model = nnx.merge(graphdef, params, rest)
-  hidden_BxTxD, _ = model(batch["tokens"], positions_of(batch["input_mask"]), batch["input_mask"])
+  hidden_BxTxD, _ = model(batch["tokens"], model_lib.positions_of(batch["input_mask"]), batch["input_mask"],
+                          rope=batch.get("rope"))
   T = batch["tokens"].shape[1]
   return token_logprobs(hidden_BxTxD, model.unembedding(), batch["tokens"], chunk, start=max(1, T - response_len))
 
@@ -208,7 +209,8 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, rest
 
   def run(state: TrainState, batch: Batch, ref_params: nnx.State | None = None):
     with jax.set_mesh(mesh):  # the model's activation constraints read the mesh while tracing
-      return jitted(state, batch, ref_params)
+      rope = model_lib.rope_inputs(graphdef, batch["input_mask"], state.params, rest)  # see model.Decoder
+      return jitted(state, {**batch, "rope": rope}, ref_params)
 
   run.jitted = jitted
   return run

@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from asympo_jax import config as config_lib
 from asympo_jax import hf_io, run, sampling
+from asympo_jax import model as model_lib
 from asympo_jax import sampler as sampler_lib
 from asympo_jax.sampler import EXIT_CHECK_STEPS, Sampler, cache_lengths, prompt_bucket, rollout_mesh
 from asympo_jax.sharding import MESH_AXES, data_mesh
@@ -300,8 +301,10 @@ def test_one_prefill_per_prompt_samples_as_one_per_row(checkpoint):
   eos_E = np.asarray([11], np.int32)
   spec = Sampler(model, rollout_cfg(**FILTERED), eos_ids=[11], pad_id=0).spec
   graphdef, state = nnx.split(model)
-  shared = (graphdef, state, prompt_PxL, mask_PxL, keys_B, eos_E)
-  per_row = (graphdef, state, np.repeat(prompt_PxL, group, 0), np.repeat(mask_PxL, group, 0), keys_B, eos_E)
+  args = lambda p_PxL, m_PxL: (graphdef, state, p_PxL, m_PxL, keys_B, eos_E,
+                               model_lib.rope_inputs(graphdef, m_PxL, state))
+  shared = args(prompt_PxL, mask_PxL)
+  per_row = args(np.repeat(prompt_PxL, group, 0), np.repeat(mask_PxL, group, 0))
   got, want = (sampler_lib.generate_arrays(*args, spec=spec) for args in (shared, per_row))
   assert (want["finish"] == 1).any() and (want["finish"] == 0).any()
   for name in ("tokens", "mask", "finish", "forward_passes"):

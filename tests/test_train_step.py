@@ -63,6 +63,19 @@ def test_sharded_step_equals_one_device(shape):
   assert all(x.is_deleted() for x in jax.tree.leaves(old_state.params))
 
 
+def test_step_with_rope_inputs_equals_rope_computed_in_the_step():
+  # make_train_step passes the RoPE cos and sin in as batch["rope"]; loss_and_grads on a batch without them
+  # computes them inside: the same batch must give the same update (cos and sin swapped fail this).
+  cfg = tiny_config(**{"train.micro_batches": 2, "objective.name": "asympo"})
+  graphdef, params, rest = nnx.split(tiny_model(), nnx.Param, ...)
+  metrics, grads = _step_on_mesh((1, 1, 1))[:2]
+  loss, want_grads, _ = jax.jit(lambda p: train_step.loss_and_grads(cfg, graphdef, rest, p,
+                                                                    synthetic_batch(cfg, seed=1)))(params)
+  np.testing.assert_allclose(metrics["loss"], loss, **TOL)
+  _assert_trees_close(grads, jax.device_get(want_grads), **TOL)
+  assert float(metrics["optim/grad_norm"]) > 1e-3
+
+
 # Every objective of the registry, each with options folded in so their paths are covered too.
 CASES = {name: {"objective.name": name} for name in sorted(objectives.OBJECTIVES)}
 CASES["grpo"].update({"objective.tis_cap": 2.0, "objective.tis_level": "seq", "objective.dual_clip": 3.0})

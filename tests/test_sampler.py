@@ -301,10 +301,10 @@ def test_one_prefill_per_prompt_samples_as_one_per_row(checkpoint):
   eos_E = np.asarray([11], np.int32)
   spec = Sampler(model, rollout_cfg(**FILTERED), eos_ids=[11], pad_id=0).spec
   graphdef, state = nnx.split(model)
-  args = lambda p_PxL, m_PxL: (graphdef, state, p_PxL, m_PxL, keys_B, eos_E,
-                               model_lib.rope_inputs(graphdef, m_PxL, state))
-  shared = args(prompt_PxL, mask_PxL)
-  per_row = args(np.repeat(prompt_PxL, group, 0), np.repeat(mask_PxL, group, 0))
+  call_args = lambda p_PxL, m_PxL: (graphdef, state, p_PxL, m_PxL, keys_B, eos_E,
+                                    model_lib.rope_inputs(graphdef, m_PxL, state))
+  shared = call_args(prompt_PxL, mask_PxL)
+  per_row = call_args(np.repeat(prompt_PxL, group, 0), np.repeat(mask_PxL, group, 0))
   got, want = (sampler_lib.generate_arrays(*args, spec=spec) for args in (shared, per_row))
   assert (want["finish"] == 1).any() and (want["finish"] == 0).any()
   for name in ("tokens", "mask", "finish", "forward_passes"):

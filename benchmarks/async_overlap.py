@@ -24,11 +24,10 @@ import time
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
 
 from asympo_jax import config as config_lib
 from benchmarks import workloads
-from asympo_jax import hf_io, host_memory, optim, sampler, train_step
+from asympo_jax import hf_io, host_memory, optim, sampler, sharding, train_step
 from asympo_jax.rollout import RolloutGenerator, copy_params
 from asympo_jax.rollout_batch import make_build_batch
 
@@ -40,7 +39,7 @@ def run(path: str, k: int, steps: int) -> dict[str, float]:
   cfg.rollout.update(dict(prompts_per_step=PROMPTS, group_size=GROUP, max_prompt_len=PROMPT_LEN,
                           max_new_tokens=NEW_TOKENS, temperature=1.0, staleness=k, mode="fixed_lag"))
   cfg.optim.lr = 1e-5
-  mesh = Mesh(np.array(jax.devices()).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+  mesh = sharding.data_mesh(jax.devices()[:1])
   model = hf_io.load_model(path, mesh)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, schedule = optim.make_optimizer(cfg.optim, total_steps=steps + 1)

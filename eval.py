@@ -27,9 +27,14 @@ from flax import nnx
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from asympo_jax import checkpoint, data, evaluation, hf_io, rewards, sharding
-from asympo_jax import config as config_lib
-from asympo_jax.completions import Completer
+from asympo_jax.train import checkpoint
+from asympo_jax.data import datasets as data
+from asympo_jax.evaluation import scores as evaluation
+from asympo_jax.model import hf_io
+from asympo_jax.rollout import rewards
+from asympo_jax.common import sharding
+from asympo_jax.run import config as config_lib
+from asympo_jax.rollout.completions import Completer
 
 config_flags.DEFINE_config_file("config", None, "config file (default: the run's config, else base_config())")
 flags.DEFINE_multi_string("checkpoint", [], "an HF directory or an orbax step directory")
@@ -176,6 +181,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from asympo_jax import host_memory
+  from asympo_jax.common import host_memory
   host_memory.tune_malloc()
   app.run(main)

@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags
 
-from asympo_jax import sweep
+from asympo_jax.run import grid as sweep
 
 flags.DEFINE_string("config", None, "config file for every run", required=True)
 flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,... (repeat for more axes)")

@@ -13,7 +13,9 @@ def main(argv):
   del argv
   import jax
 
-  from asympo_jax import pipeline, run, validation
+  from asympo_jax.run import pipeline
+  from asympo_jax.run import assemble as run
+  from asympo_jax.run import validation
   cfg = _CONFIG.value
   run.initialize_distributed(cfg.distributed)
   validation.validate(cfg, jax.devices())
@@ -26,7 +28,7 @@ def main(argv):
 if __name__ == "__main__":
   from absl import flags
 
-  from asympo_jax import host_memory
+  from asympo_jax.common import host_memory
   host_memory.tune_malloc()
   flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -25,11 +25,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from asympo_jax import config as config_lib
+from asympo_jax.run import config as config_lib
 from benchmarks import workloads
-from asympo_jax import hf_io, host_memory, optim, sampler, sharding, train_step
-from asympo_jax.rollout import RolloutGenerator, copy_params
-from asympo_jax.rollout_batch import make_build_batch
+from asympo_jax.model import hf_io
+from asympo_jax.common import host_memory
+from asympo_jax.train import optim
+from asympo_jax.rollout import sampler
+from asympo_jax.common import sharding
+from asympo_jax.train import step as train_step
+from asympo_jax.rollout.generator import RolloutGenerator, copy_params
+from asympo_jax.rollout.batch import make_build_batch
 
 PROMPTS, GROUP, PROMPT_LEN, NEW_TOKENS = 16, 4, 32, 64
 

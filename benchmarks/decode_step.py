@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from asympo_jax import host_memory, kv_cache, scratch
-from asympo_jax.model import create_model
-from asympo_jax.model_config import ModelConfig
+from asympo_jax.common import host_memory
+from asympo_jax.model import kv_cache
+from asympo_jax.model import scratch
+from asympo_jax.model.decoder import create_model
+from asympo_jax.model.architecture import ModelConfig
 
 
 def _time(fn, *args, repeats: int) -> float:

@@ -29,9 +29,10 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from asympo_jax import config as config_lib
-from asympo_jax import hf_io, host_memory
-from asympo_jax.sampler import Sampler
+from asympo_jax.run import config as config_lib
+from asympo_jax.model import hf_io
+from asympo_jax.common import host_memory
+from asympo_jax.rollout.sampler import Sampler
 from benchmarks import workloads
 
 

@@ -11,8 +11,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from asympo_jax import host_memory
-from asympo_jax.logprobs import token_logprobs
+from asympo_jax.common import host_memory
+from asympo_jax.model.logprobs import token_logprobs
 
 B, T, D, V = 8, 512, 1024, 151936
 

@@ -9,7 +9,8 @@ path runs), the best-of-N wall time and answers per second. Pool start-up is exc
 import argparse
 import time
 
-from asympo_jax import data, rewards
+from asympo_jax.data import datasets as data
+from asympo_jax.rollout import rewards
 
 
 def main() -> None:

@@ -27,8 +27,11 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from asympo_jax import hf_io, host_memory, optim, train_step
-from asympo_jax.config import base_config
+from asympo_jax.model import hf_io
+from asympo_jax.common import host_memory
+from asympo_jax.train import optim
+from asympo_jax.train import step as train_step
+from asympo_jax.run.config import base_config
 from benchmarks import workloads
 
 

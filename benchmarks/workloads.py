@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from asympo_jax import scratch
+from asympo_jax.model import scratch
 
 # Generation: PROMPTS prompts of PROMPT_LEN tokens, NEW_TOKENS new tokens each, temperature 1, no early stop.
 PROMPTS, PROMPT_LEN, NEW_TOKENS = 64, 32, 64
@@ -107,7 +107,7 @@ def layouts(cpu_devices: int) -> dict[str, Any]:
   JAX use: it sets jax_num_cpu_devices."""
   import jax  # here, not at module level: torch_reference.py imports this module and must not start JAX
 
-  from asympo_jax import sharding
+  from asympo_jax.common import sharding
 
   jax.config.update("jax_num_cpu_devices", cpu_devices)
   devices = jax.devices()

@@ -12,7 +12,7 @@ much of that table the policy answers, not generalisation beyond it.
 
     python train.py --config configs/default.py [--config.rollout.staleness=0] [--config.workdir=runs/x]
 """
-from asympo_jax.config import base_config
+from asympo_jax.run.config import base_config
 
 TASK = ("gym:basic_arithmetic?min_terms=2&max_terms=2&min_digits=1&max_digits=1&operators=('+','-')"
         "&allow_parentheses=False&allow_negation=False")

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from asympo_jax.config import base_config
+from asympo_jax.run.config import base_config
 
 EVAL = "aime24_test,aime25_test,amc23_test,math500_test,gsm8k_test,minerva_test"
 

@@ -1,7 +1,7 @@
 """Answer extraction: the last \\boxed{}, GSM8K's "####", the final number, and hostile texts."""
 from hypothesis import given, strategies as st
 
-from asympo_jax import answers
+from asympo_jax.data import answers
 
 # Brace-free text without the markers extraction looks for.
 plain_text = st.text(st.characters(blacklist_characters="{}\\#"), max_size=40)

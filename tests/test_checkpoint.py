@@ -10,7 +10,7 @@ import numpy as np
 from absl import logging as absl_logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from asympo_jax import checkpoint
+from asympo_jax.train import checkpoint
 
 
 def _mesh(shape):

@@ -1,7 +1,8 @@
 """The schema refuses keys it does not know, naming them."""
 import pytest
 
-from asympo_jax.config import ConfigError, base_config, validate_keys
+from asympo_jax.common.checks import ConfigError
+from asympo_jax.run.config import base_config, validate_keys
 
 
 def test_base_config_is_valid():

@@ -6,7 +6,8 @@ import pyarrow.parquet
 import pytest
 from hypothesis import given, strategies as st
 
-from asympo_jax import config, data
+from asympo_jax.run import config
+from asympo_jax.data import datasets as data
 
 
 @pytest.mark.parametrize("name, count", [("gsm8k_test", 1319), ("gsm8k_train", 7473), ("math500_test", 500),

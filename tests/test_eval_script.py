@@ -45,7 +45,9 @@ def orbax_run(run_dir: str, steps_from: dict[int, str], hf_path: str) -> None:
   (params, opt_state) and meta the run's config; params copied from HF checkpoints."""
   from flax import nnx
 
-  from asympo_jax import checkpoint, config, hf_io
+  from asympo_jax.train import checkpoint
+  from asympo_jax.run import config
+  from asympo_jax.model import hf_io
 
   cfg = config.base_config()
   cfg.model.hf_path = hf_path

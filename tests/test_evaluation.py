@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from asympo_jax import data, evaluation
+from asympo_jax.data import datasets as data
+from asympo_jax.evaluation import scores as evaluation
 
 
 @pytest.mark.parametrize("n, c, k, expected", [
@@ -85,7 +86,7 @@ def test_results_json_merges_runs_and_steps_and_plots(tmp_path):
 
 
 def test_validate_names_the_key():
-  from asympo_jax import config
+  from asympo_jax.run import config
   cfg = config.base_config()
   cfg.eval.temperature = 0.0
   with pytest.raises(config.ConfigError, match="config.eval.temperature"):

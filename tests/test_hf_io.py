@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tiny_checkpoints as tc
-from asympo_jax import hf_io
-from asympo_jax.config import ConfigError, base_config
-from asympo_jax.model_config import UnsupportedModelError, options, validate
+from asympo_jax.model import hf_io
+from asympo_jax.common.checks import ConfigError
+from asympo_jax.run.config import base_config
+from asympo_jax.model.architecture import UnsupportedModelError, options, validate
 
 
 @pytest.fixture(scope="module")

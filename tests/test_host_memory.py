@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from asympo_jax import host_memory
+from asympo_jax.common import host_memory
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # After the call a worker thread mallocs, touches and frees 300 MB three times, counting the minor page faults
 # of each round; then the process reports its tunables and command line.
 _CHILD = """
 import ctypes, json, os, resource, sys, threading
-from asympo_jax import host_memory
+from asympo_jax.common import host_memory
 host_memory.tune_malloc()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p

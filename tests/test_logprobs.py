@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asympo_jax.logprobs import token_logprobs
+from asympo_jax.model.logprobs import token_logprobs
 
 B, T, D, V = 3, 13, 8, 37
 

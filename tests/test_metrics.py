@@ -3,8 +3,9 @@ import os
 
 import pytest
 
-from asympo_jax import metrics
-from asympo_jax.config import ConfigError, base_config
+from asympo_jax.train import metrics
+from asympo_jax.common.checks import ConfigError
+from asympo_jax.run.config import base_config
 
 
 def test_jsonl_tensorboard_and_resume(tmp_path):

@@ -9,9 +9,10 @@ import pytest
 from flax import nnx
 
 import tiny_checkpoints as tc
-from asympo_jax import hf_io, kv_cache
-from asympo_jax.model import Decoder
-from asympo_jax.model_config import ModelConfig
+from asympo_jax.model import hf_io
+from asympo_jax.model import kv_cache
+from asympo_jax.model.decoder import Decoder
+from asympo_jax.model.architecture import ModelConfig
 
 VOCAB = tc._COMMON["vocab_size"]
 

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from asympo_jax import objectives as obj
-from asympo_jax.config import ConfigError, base_config
+from asympo_jax.train import objectives as obj
+from asympo_jax.common.checks import ConfigError
+from asympo_jax.run.config import base_config
 
 P, G, T = 3, 4, 9
 B = P * G

@@ -5,8 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from asympo_jax import optim
-from asympo_jax.config import ConfigError, base_config
+from asympo_jax.train import optim
+from asympo_jax.common.checks import ConfigError
+from asympo_jax.run.config import base_config
 
 
 def _cfg(**kw):

@@ -8,10 +8,12 @@ import pytest
 import transformers
 from flax import nnx
 
-from asympo_jax import model_config, pipeline, validation
-from asympo_jax.config import ConfigError
-from asympo_jax.model import Decoder
-from asympo_jax.model_config import ModelConfig
+from asympo_jax.model import architecture as model_config
+from asympo_jax.run import pipeline
+from asympo_jax.run import validation
+from asympo_jax.common.checks import ConfigError
+from asympo_jax.model.decoder import Decoder
+from asympo_jax.model.architecture import ModelConfig
 
 ROPE = dict(rope_theta=1_000_000.0, max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True)
 # config.json values of the hub checkpoints, and the parameter counts their model cards state (total, non-embedding).

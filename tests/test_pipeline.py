@@ -4,8 +4,10 @@ import json
 import jax
 import pytest
 
-from asympo_jax import pipeline, validation
-from asympo_jax.config import ConfigError, base_config
+from asympo_jax.run import pipeline
+from asympo_jax.run import validation
+from asympo_jax.common.checks import ConfigError
+from asympo_jax.run.config import base_config
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import pytest
 import tokenizers
 import transformers
 
-from asympo_jax import prompts
+from asympo_jax.data import prompts
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")

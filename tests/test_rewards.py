@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from asympo_jax import data, rewards
+from asympo_jax.data import datasets as data
+from asympo_jax.rollout import rewards
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from asympo_jax import config as config_lib
-from asympo_jax.rollout import RolloutError, RolloutGenerator
+from asympo_jax.run import config as config_lib
+from asympo_jax.rollout.generator import RolloutError, RolloutGenerator
 
 ROWS = 3
 

@@ -4,11 +4,11 @@ import numpy as np
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
-from asympo_jax import config as config_lib
-from asympo_jax import hf_io
-from asympo_jax.rollout import RolloutGenerator, copy_params
-from asympo_jax.rollout_batch import assemble, make_build_batch
-from asympo_jax.sampler import Sampler, Samples
+from asympo_jax.run import config as config_lib
+from asympo_jax.model import hf_io
+from asympo_jax.rollout.generator import RolloutGenerator, copy_params
+from asympo_jax.rollout.batch import assemble, make_build_batch
+from asympo_jax.rollout.sampler import Sampler, Samples
 from tiny_checkpoints import make_checkpoint
 
 

@@ -10,12 +10,14 @@ from scipy import stats
 
 from jax.sharding import Mesh
 
-from asympo_jax import config as config_lib
-from asympo_jax import hf_io, run, sampling
-from asympo_jax import model as model_lib
-from asympo_jax import sampler as sampler_lib
-from asympo_jax.sampler import EXIT_CHECK_STEPS, Sampler, cache_lengths, prompt_bucket, rollout_mesh
-from asympo_jax.sharding import MESH_AXES, data_mesh
+from asympo_jax.run import config as config_lib
+from asympo_jax.model import hf_io
+from asympo_jax.run import assemble as run
+from asympo_jax.rollout import token_choice as sampling
+from asympo_jax.model import decoder as model_lib
+from asympo_jax.rollout import sampler as sampler_lib
+from asympo_jax.rollout.sampler import EXIT_CHECK_STEPS, Sampler, cache_lengths, prompt_bucket, rollout_mesh
+from asympo_jax.common.sharding import MESH_AXES, data_mesh
 from tiny_checkpoints import make_checkpoint, positions_from_mask, torch_logits
 
 VOCAB = 101  # tiny_checkpoints' vocabulary

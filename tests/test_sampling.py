@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import stats
 
-from asympo_jax import sampling
+from asympo_jax.rollout import token_choice as sampling
 
 logit_values = st.sampled_from([-3.0, -1.0, -0.5, 0.0, 0.5, 2.0, -np.inf])
 

@@ -6,8 +6,9 @@ import transformers
 from flax import nnx
 
 import tiny_checkpoints as tc
-from asympo_jax import hf_io, scratch
-from asympo_jax.model import create_model
+from asympo_jax.model import hf_io
+from asympo_jax.model import scratch
+from asympo_jax.model.decoder import create_model
 
 CORPUS = ["Question: what is 12 + 7? Answer: 19.", "Compute 3 * 4. The answer is 12."] * 20
 

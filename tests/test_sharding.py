@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from jax.sharding import PartitionSpec as P
 
 import tiny_checkpoints as tc
-from asympo_jax import hf_io, kv_cache
-from asympo_jax.config import ConfigError
-from asympo_jax.model import create_model
-from asympo_jax.model_config import ModelConfig
-from asympo_jax.sharding import RULES, logical_sharding, logical_spec, make_mesh, state_shardings
+from asympo_jax.model import hf_io
+from asympo_jax.model import kv_cache
+from asympo_jax.common.checks import ConfigError
+from asympo_jax.model.decoder import create_model
+from asympo_jax.model.architecture import ModelConfig
+from asympo_jax.common.sharding import RULES, logical_sharding, logical_spec, make_mesh, state_shardings
 
 
 def _mesh_cfg(data, fsdp, tensor):

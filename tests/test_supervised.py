@@ -4,8 +4,8 @@ import types
 import numpy as np
 import pytest
 
-from asympo_jax import supervised
-from asympo_jax.config import base_config
+from asympo_jax.rollout import supervised
+from asympo_jax.run.config import base_config
 
 PAD, EOS = 0, 9
 

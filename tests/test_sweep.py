@@ -4,7 +4,7 @@ import math
 import os
 import pathlib
 
-from asympo_jax import sweep
+from asympo_jax.run import grid as sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from asympo_jax import sweep
+from asympo_jax.run import grid as sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

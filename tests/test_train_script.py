@@ -9,7 +9,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG = '''
-from asympo_jax.config import base_config
+from asympo_jax.run.config import base_config
 
 def get_config():
   c = base_config()
@@ -43,7 +43,7 @@ def test_bad_config_stops_before_anything_is_built(tmp_path, flags, extra, key):
 
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path):
-  from asympo_jax import scratch
+  from asympo_jax.model import scratch
   model_dir = tmp_path / "model"
   scratch.build(str(model_dir), "tiny", ["What is 3 + 4? The answer is \\boxed{7}."] * 50, seed=0)
   extra = "\n  ".join([

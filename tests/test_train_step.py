@@ -9,7 +9,9 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from asympo_jax import objectives, optim, train_step
+from asympo_jax.train import objectives
+from asympo_jax.train import optim
+from asympo_jax.train import step as train_step
 from train_fixtures import synthetic_batch, tiny_config, tiny_model
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -188,7 +190,7 @@ def test_check_batch_refuses_what_response_only_scoring_would_get_wrong():
 
 
 def test_trainer_stops_on_a_batch_that_breaks_the_contract(tmp_path):
-  from asympo_jax import trainer  # the loop, with a builder that puts loss on a prompt column
+  from asympo_jax.train import loop as trainer  # the loop, with a builder that puts loss on a prompt column
 
   cfg = tiny_config(**{"workdir": str(tmp_path), "train.steps": 1, "metrics.progress_bar": False,
                        "metrics.tensorboard": False})

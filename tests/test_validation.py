@@ -2,8 +2,9 @@
 import jax
 import pytest
 
-from asympo_jax import validation
-from asympo_jax.config import ConfigError, base_config
+from asympo_jax.run import validation
+from asympo_jax.common.checks import ConfigError
+from asympo_jax.run.config import base_config
 
 
 def _cfg(**overrides):

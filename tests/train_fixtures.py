@@ -6,10 +6,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from asympo_jax import sharding
-from asympo_jax.config import base_config
-from asympo_jax.model import Decoder
-from asympo_jax.model_config import ModelConfig
+from asympo_jax.common import sharding
+from asympo_jax.run.config import base_config
+from asympo_jax.model.decoder import Decoder
+from asympo_jax.model.architecture import ModelConfig
 
 TINY = ModelConfig(model_type="qwen3", vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2,
                    head_dim=8, intermediate_size=32, rms_norm_eps=1e-6, rope_theta=10000.0, rope_scaling=None,

@@ -27,7 +27,11 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from asympo_jax import hf_io, run, sharding, trainer, validation  # noqa: E402
+from asympo_jax.model import hf_io  # noqa: E402
+from asympo_jax.run import assemble as run
+from asympo_jax.common import sharding
+from asympo_jax.train import loop as trainer
+from asympo_jax.run import validation
 from train_fixtures import TINY, tiny_config, tiny_model  # noqa: E402
 
 overrides = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}

@@ -1,0 +1,314 @@
+"""Math problems: named benchmarks, local JSONL/Parquet files with a field mapping, and reasoning-gym tasks.
+
+A dataset spec is one string (config.data.train, config.data.eval, eval.py --benchmarks; several are
+separated by commas):
+
+  gsm8k_test                                   a named benchmark (see BENCHMARKS)
+  file:path/x.jsonl?question=problem&answer=answer&format=raw&solution=solution&id=uid
+                                               any JSONL or Parquet file; format is how the gold answer is
+                                               read from the answer field: raw | gsm8k ("#### n") | boxed
+  gym:basic_arithmetic?size=500&seed=1&max_terms=3
+                                               a seeded reasoning-gym task; the other keys go to its config
+  math500_test?where.level=4|5                 a benchmark or file keeping only the records whose field
+                                               (here `level`) reads as one of the |-separated values
+
+Named benchmarks read the local files in config.data.dir (default: ../shared/data/math beside the repo, see
+default_data_dir);
+with config.data.hub they come from the Hugging Face hub through datasets.load_dataset instead. The hub path
+needs network access, which the machines this was built on do not have: it is written against the datasets
+API but has never run here.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import pathlib
+import urllib.parse
+from typing import Any, Callable, Iterable, Mapping
+
+import ml_collections
+import numpy as np
+import reasoning_gym
+
+from asympo_jax.data import answers
+from asympo_jax.data import prompts
+from asympo_jax.common.checks import ConfigError, check
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def default_data_dir() -> pathlib.Path:
+  """shared/data/math in the nearest directory above the repo: ../shared beside a clone, and further up
+  for a git worktree nested one level deeper."""
+  for parent in REPO_ROOT.parents:
+    if (parent / "shared" / "data" / "math").is_dir():
+      return parent / "shared" / "data" / "math"
+  return REPO_ROOT.parent / "shared" / "data" / "math"
+
+
+class DataError(ValueError):
+  """A dataset spec, file or record that cannot be used; the message names the file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  question: str
+  answer: str  # the gold final answer
+  id: str
+  source: str  # the spec it came from
+  solution: str = ""  # a worked reference solution, when the dataset has one
+  gym_entry: Mapping[str, Any] | None = None  # reasoning-gym's entry: rewards then use the gym's own scorer
+
+
+def _as_text(value: Any) -> str:
+  if isinstance(value, float) and value.is_integer():
+    return str(int(value))  # AMC answers are stored as 27.0
+  return str(value)
+
+
+ANSWER_FORMATS: dict[str, Callable[[str], str | None]] = {
+    "raw": lambda text: text.strip() or None,
+    "gsm8k": answers.gsm8k_gold,
+    "boxed": answers.last_boxed,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fields:
+  """Which record fields hold what. Empty `solution` / `id`: none (the id is then the record number)."""
+  question: str
+  answer: str
+  format: str = "raw"
+  solution: str = ""
+  id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+  hub_id: str
+  hub_config: str | None
+  hub_split: str
+  local_file: str  # "" when no local copy ships in data.dir
+  fields: Fields
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "gsm8k_train": Benchmark("openai/gsm8k", "main", "train", "gsm8k_train.jsonl",
+                             Fields("question", "answer", "gsm8k", solution="answer")),
+    "gsm8k_test": Benchmark("openai/gsm8k", "main", "test", "gsm8k_test.jsonl",
+                            Fields("question", "answer", "gsm8k", solution="answer")),
+    "math500_test": Benchmark("HuggingFaceH4/MATH-500", None, "test", "math500_test.jsonl",
+                              Fields("problem", "answer", solution="solution", id="unique_id")),
+    "aime24_test": Benchmark("HuggingFaceH4/aime_2024", None, "train", "aime24_test.jsonl",
+                             Fields("problem", "answer", solution="solution", id="id")),
+    "aime25_test": Benchmark("math-ai/aime25", None, "test", "", Fields("problem", "answer", id="id")),
+    "amc23_test": Benchmark("math-ai/amc23", None, "test", "amc23_test.jsonl",
+                            Fields("question", "answer", id="id")),
+    "minerva_test": Benchmark("math-ai/minervamath", None, "test", "", Fields("question", "answer")),
+    "math_train": Benchmark("DigitalLearningGmbH/MATH-lighteval", None, "train", "",
+                            Fields("problem", "solution", "boxed", solution="solution")),
+    "deepscaler_train": Benchmark("agentica-org/DeepScaleR-Preview-Dataset", None, "train", "",
+                                  Fields("problem", "answer", solution="solution")),
+}
+
+
+def to_problem(record: Mapping[str, Any], fields: Fields, source: str, where: str, number: int) -> Problem:
+  """One record as a Problem; `where` ("file:line") prefixes every error."""
+  if not isinstance(record, Mapping):
+    raise DataError(f"{where}: record is a {type(record).__name__}, not an object")
+  for role in ("question", "answer", "solution", "id"):
+    name = getattr(fields, role)
+    if name and name not in record:
+      raise DataError(f"{where}: missing field {name!r} ({role}); the record has {sorted(record)}")
+  answer = ANSWER_FORMATS[fields.format](_as_text(record[fields.answer]))
+  if answer is None:
+    raise DataError(f"{where}: no gold answer in field {fields.answer!r} (format {fields.format!r})")
+  return Problem(
+      question=_as_text(record[fields.question]),
+      answer=answer,
+      id=_as_text(record[fields.id]) if fields.id else str(number),
+      source=source,
+      solution=_as_text(record[fields.solution]) if fields.solution else "",
+  )
+
+
+def _records(path: pathlib.Path) -> Iterable[tuple[str, Any]]:
+  """(location, record) pairs of a JSONL or Parquet file; unreadable records fail with their line."""
+  if not path.is_file():
+    raise DataError(f"{path}: no such file")
+  if path.suffix == ".parquet":
+    import pyarrow.parquet  # installed with datasets; only parquet files need it
+    try:
+      rows = pyarrow.parquet.read_table(path).to_pylist()
+    except Exception as e:  # noqa: BLE001 -- any reader failure is a bad file
+      raise DataError(f"{path}: unreadable Parquet file: {e}") from e
+    yield from ((f"{path}:row {i}", row) for i, row in enumerate(rows))
+    return
+  with path.open(encoding="utf-8") as file:
+    for line_number, line in enumerate(file, 1):
+      if line.strip():
+        try:
+          yield f"{path}:{line_number}", json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f"{path}:{line_number}: unreadable JSON record: {e}") from e
+
+
+Filter = Mapping[str, frozenset[str]]  # record field -> the values (as text) a kept record may have there
+
+WHERE = "where."  # the prefix of filter options: where.level=4|5
+
+
+def split_filter(options: Mapping[str, str]) -> tuple[dict[str, str], Filter]:
+  """A spec's options without its `where.<field>=a|b` filters, and those filters."""
+  rest = {k: v for k, v in options.items() if not k.startswith(WHERE)}
+  return rest, {k[len(WHERE):]: frozenset(v.split("|")) for k, v in options.items() if k.startswith(WHERE)}
+
+
+def benchmark_filter(spec: str) -> Filter:
+  """The filters of a named-benchmark spec (`name?where.<field>=a|b&...`), which takes no other option."""
+  options, keep = split_filter(parse_options(spec.partition("?")[2], spec))
+  if options:
+    raise DataError(f"{spec}: a named benchmark takes only {WHERE}<field>=a|b filters, not {sorted(options)}")
+  return keep
+
+
+def _problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str, keep: Filter) -> list[Problem]:
+  """The rows ((location, record) pairs) that pass `keep`, as Problems. A record's id defaults to its number
+  in the whole file, so filtering does not renumber problems."""
+  seen: dict[str, set[str]] = {field: set() for field in keep}
+  problems = []
+  for number, (where, record) in enumerate(rows):
+    if keep and isinstance(record, Mapping):
+      missing = sorted(set(keep) - set(record))
+      if missing:
+        raise DataError(f"{where}: missing field {missing[0]!r} ({WHERE}{missing[0]}); the record has {sorted(record)}")
+      values = {field: _as_text(record[field]) for field in keep}
+      for field, value in values.items():
+        seen[field].add(value)
+      if not all(values[field] in allowed for field, allowed in keep.items()):
+        continue
+    problems.append(to_problem(record, fields, source, where, number))
+  if keep and not problems:
+    found = "; ".join(f"{field}: {sorted(values)[:20]}" for field, values in seen.items())
+    raise DataError(f"{source}: no record passes the filter; values found ({found})")
+  return problems
+
+
+def load_file(path: str | pathlib.Path, fields: Fields, source: str, keep: Filter | None = None) -> list[Problem]:
+  if fields.format not in ANSWER_FORMATS:
+    raise DataError(f"{source}: unknown answer format {fields.format!r}; known: {sorted(ANSWER_FORMATS)}")
+  return _problems(_records(pathlib.Path(path)), fields, source, keep or {})
+
+
+def load_hub(benchmark: Benchmark, source: str, keep: Filter | None = None) -> list[Problem]:
+  import datasets  # heavy to import and only needed online
+
+  rows = datasets.load_dataset(benchmark.hub_id, benchmark.hub_config, split=benchmark.hub_split)
+  where = f"{benchmark.hub_id}[{benchmark.hub_split}]"
+  return _problems(((f"{where} row {i}", row) for i, row in enumerate(rows)), benchmark.fields, source, keep or {})
+
+
+def _literal(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def load_gym(task: str, options: dict[str, Any], source: str) -> list[Problem]:
+  options = {"size": 1000, "seed": 0, **options}
+  try:
+    dataset = reasoning_gym.create_dataset(task, **options)
+  except (ValueError, TypeError, AssertionError) as e:
+    raise DataError(f"{source}: reasoning-gym refused task {task!r} with {options}: {e}") from e
+  seed = options["seed"]
+  return [Problem(question=entry["question"], answer=_as_text(entry["answer"]), id=f"{task}/{seed}/{i}",
+                  source=source, gym_entry=entry)
+          for i, entry in enumerate(dataset)]
+
+
+def split_specs(specs: str) -> list[str]:
+  """Splits at top-level commas only: gym:...?operators=('+','-') is one spec."""
+  parts, depth, start = [], 0, 0
+  for i, ch in enumerate(specs + ","):
+    depth += (ch in "([{") - (ch in ")]}")
+    if ch == "," and depth == 0:
+      parts.append(specs[start:i].strip())
+      start = i + 1
+  return [p for p in parts if p]
+
+
+def parse_options(query: str, spec: str) -> dict[str, str]:
+  """key=value pairs separated by '&', percent-decoded; unlike a URL query, '+' stays '+'."""
+  options = {}
+  for pair in filter(None, query.split("&")):
+    key, sep, value = pair.partition("=")
+    if not sep or not key:
+      raise DataError(f"{spec}: option {pair!r} is not key=value")
+    options[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
+  return options
+
+
+def load(spec: str, data_dir: str | pathlib.Path = "", hub: bool = False, limit: int = 0) -> list[Problem]:
+  """The problems of one spec (see the module docstring), the first `limit` of them when limit > 0."""
+  kind, _, rest = spec.partition(":") if spec.startswith(("file:", "gym:")) else ("", "", spec)
+  target, _, query = rest.partition("?")
+  options, keep = split_filter(parse_options(query, spec))
+  if kind == "file":
+    unknown = set(options) - {f.name for f in dataclasses.fields(Fields)}
+    if unknown or not {"question", "answer"} <= set(options):
+      raise DataError(f"{spec}: a file spec needs question= and answer= (and may give format, solution, id, "
+                      f"{WHERE}<field>); unknown keys: {sorted(unknown)}")
+    problems = load_file(target, Fields(**options), spec, keep)
+  elif kind == "gym":
+    if keep:
+      raise DataError(f"{spec}: {WHERE}<field> filters apply to benchmarks and files; a gym task is narrowed "
+                      "by its own config keys")
+    problems = load_gym(target, {k: _literal(v) for k, v in options.items()}, spec)
+  elif target in BENCHMARKS:
+    benchmark = BENCHMARKS[target]
+    keep = benchmark_filter(spec)  # refuses any other option
+    if hub:
+      problems = load_hub(benchmark, spec, keep)
+    elif not benchmark.local_file:
+      raise DataError(f"{spec}: no local copy of this benchmark; it loads from the hub "
+                      f"({benchmark.hub_id}) with config.data.hub=True on a machine with network access")
+    else:
+      problems = load_file(pathlib.Path(data_dir or default_data_dir()) / benchmark.local_file,
+                           benchmark.fields, spec, keep)
+  else:
+    raise DataError(f"unknown dataset spec {spec!r}: not a benchmark ({', '.join(BENCHMARKS)}) "
+                    "and not file:... or gym:...")
+  return problems[:limit] if limit > 0 else problems
+
+
+def problems_for_step(problems: list[Problem], step: int, count: int, seed: int) -> list[Problem]:
+  """The `count` problems of training step `step`: epochs of seeded permutations, so the data position
+  is the step itself (resuming needs no extra state)."""
+  n = len(problems)
+  orders: dict[int, np.ndarray] = {}
+  picks = []
+  for flat in range(step * count, (step + 1) * count):
+    epoch, position = divmod(flat, n)
+    if epoch not in orders:
+      orders[epoch] = np.random.default_rng((seed, epoch)).permutation(n)
+    picks.append(problems[orders[epoch][position]])
+  return picks
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Checks config.data without loading anything."""
+  for key in ("train", "eval"):
+    for spec in split_specs(cfg.data[key]):
+      name = spec.split("?")[0]
+      check(spec.startswith(("file:", "gym:")) or name in BENCHMARKS, f"data.{key}",
+            f"{spec!r} is not a benchmark ({', '.join(BENCHMARKS)}) nor file:... / gym:...")
+      if name in BENCHMARKS:
+        try:
+          benchmark_filter(spec)
+        except DataError as e:
+          raise ConfigError(f"config.data.{key}: {e}") from e
+  check(cfg.data.template in prompts.TEMPLATES, "data.template", f"one of {sorted(prompts.TEMPLATES)}")
+  check(cfg.data.reward_workers >= 1, "data.reward_workers", "must be >= 1")
+  check(cfg.data.reward_timeout_s > 0, "data.reward_timeout_s", "must be > 0")

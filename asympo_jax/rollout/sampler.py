@@ -1,0 +1,309 @@
+"""The batched sampler: one prefill pass, then a decode loop inside jit over a fixed-size KV cache.
+
+`Sampler(model, cfg.rollout, eos_ids, pad_id)` compiles `generate(state, prompts, seed=, step=)` for a few
+shapes only: the batch size is fixed (prompts_per_step * group_size rows) and the prompt length is bucketed
+(powers of two from 16 up to rollout.max_prompt_len). The decode loop is a `lax.while_loop` of at most
+rollout.max_new_tokens steps that exits once every row has finished (EOS or a stop sequence), checked every
+EXIT_CHECK_STEPS steps: with the rows split over devices the check is an all-reduce, and at every token it
+made the devices wait for each other (on 2 CPU devices, `tiny` generation: best runs of 0.328-0.333 s with
+the check at every step, 0.314-0.328 s every 8 steps, in alternating runs). A batch that finishes early thus
+runs at most EXIT_CHECK_STEPS - 1 steps more than it needs; finished rows emit padding, so the samples do not
+change. With no EOS id and no stop sequence no row can end early, and the loop checks nothing (2 CPU
+devices, `tiny`: best runs of 0.331-0.349 s with the check, 0.318-0.332 s without, alternating). The KV
+cache is allocated inside the jitted function and lives in the loop carry, which XLA updates
+in place, so it is never copied between steps nor held between calls.
+
+Decode segments (rollout.decode_segments = J): attention reads the whole cache, valid slots or not, so the
+prefill writes into a cache as long as the prompt, and the decode loop runs in J segments, each a
+`lax.while_loop` over a cache just long enough for it (`cache_lengths`); the cache grows (one copy) before
+each. Each segment compiles its own loop body. On the DESIGN §3 `tiny` workload J = 2 cut the generate time
+by about 5% (0.41 to 0.39 s, see README.md).
+
+Groups: each of the P prompts is prefilled once; its cache and first-token logits are then repeated for its G
+rows, so the prefill costs P rather than P * G rows (about half the embedded default's generate time).
+Under a mesh the prompts split over the data x fsdp shards when they divide evenly; otherwise every shard
+prefills them all and keeps its own rows of the repeated cache.
+
+Randomness: row p*G + g draws its t-th token at the t-th of the uniform numbers drawn from its row key, which
+depends on (seed, step, prompt id, g) only (sampling.row_keys), so a response never depends on the rest of the
+batch.
+
+Behaviour log-probs (rollout.record_behaviour_logprobs, used by the grpo baseline and the diagnostics) are the
+float32 log-softmax of the *untempered, unfiltered* model logits at the sampled token: the objectives compare
+them with the current policy's log-probs, which are untempered. With temperature != 1 or top-k/top-p they
+are therefore not the log-probs of the distribution the token was actually drawn from.
+
+With `mesh`, the prompts' rows and so the cache and the whole decode are split over its data x fsdp shards;
+the parameters must already be laid out on that mesh (run.make_transfer puts published ones there). The
+mesh is the training one, or the disjoint rollout.devices (`rollout_mesh`). Without it, jit runs on the
+devices the parameters are on, and with parameters on several devices every one of them samples the whole
+batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from asympo_jax.model import kv_cache as kvc
+from asympo_jax.rollout import token_choice as sampling
+from asympo_jax.common.checks import ConfigError, check
+from asympo_jax.model.decoder import Decoder, positions_of, rope_inputs
+from asympo_jax.common.sharding import constrain, data_mesh, logical_sharding, row_shards
+
+MIN_PROMPT_BUCKET = 16
+EXIT_CHECK_STEPS = 8
+
+
+def validate(cfg_rollout: ml_collections.ConfigDict) -> None:
+  """Checks the sampler's keys of config.rollout."""
+  for key in ("prompts_per_step", "group_size", "max_prompt_len", "max_new_tokens"):
+    check(isinstance(cfg_rollout[key], int) and cfg_rollout[key] >= 1, f"rollout.{key}",
+          f"must be an integer >= 1, got {cfg_rollout[key]!r}")
+  check(cfg_rollout.temperature >= 0, "rollout.temperature", f"must be >= 0 (0: greedy), got "
+        f"{cfg_rollout.temperature}")
+  check(0 < cfg_rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {cfg_rollout.top_p}")
+  check(isinstance(cfg_rollout.top_k, int) and cfg_rollout.top_k >= 0, "rollout.top_k",
+        f"must be an integer >= 0 (0: off), got {cfg_rollout.top_k!r}")
+  check(isinstance(cfg_rollout.decode_segments, int) and cfg_rollout.decode_segments >= 1,
+        "rollout.decode_segments", f"must be an integer >= 1, got {cfg_rollout.decode_segments!r}")
+  stops = cfg_rollout.stop_sequences
+  check(all(isinstance(s, (list, tuple)) and s and all(isinstance(t, int) for t in s) for s in stops),
+        "rollout.stop_sequences", f"must be a list of non-empty token-id lists, got {stops!r}")
+
+
+def rollout_mesh(cfg_rollout: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
+                 ) -> Mesh | None:
+  """The sampler's own mesh for rollout.devices = "start:stop" (a range of jax.devices()), or None ("")."""
+  spec = cfg_rollout.devices
+  if not spec:
+    return None
+  devices = list(jax.devices() if devices is None else devices)
+  try:
+    start, stop = (int(x) for x in spec.split(":"))
+  except ValueError:
+    raise ConfigError(f"config.rollout.devices: expected 'start:stop', got {spec!r}") from None
+  chosen = devices[start:stop]
+  check(0 <= start < stop <= len(devices), "rollout.devices",
+        f"{spec!r} is not a non-empty range of the {len(devices)} devices")
+  rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
+  check(rows % len(chosen) == 0, "rollout.devices",
+        f"{len(chosen)} devices do not divide the {rows} rows (prompts_per_step * group_size)")
+  return data_mesh(chosen)
+
+
+def prompt_bucket(length: int, max_prompt_len: int) -> int:
+  """The padded prompt length a batch whose longest prompt has `length` tokens compiles for."""
+  bucket = MIN_PROMPT_BUCKET
+  while bucket < length:
+    bucket *= 2
+  return min(bucket, max_prompt_len)
+
+
+def cache_lengths(prompt_len: int, max_new_tokens: int, segments: int) -> list[int]:
+  """The KV cache length of each decode segment (distinct, increasing; the last holds prompt_len +
+  max_new_tokens): segment j holds the first ceil(max_new_tokens * (j + 1) / segments) new tokens, rounded up
+  to whole key chunks."""
+  lengths = []
+  for j in range(1, segments + 1):
+    length = kvc.chunked_slots(prompt_len + -(-max_new_tokens * j // segments))
+    if not lengths or length > lengths[-1]:
+      lengths.append(length)
+  return lengths
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+  """Everything static about one compiled generate."""
+  max_new_tokens: int
+  temperature: float
+  top_k: int
+  top_p: float
+  stop_sequences: tuple[tuple[int, ...], ...]
+  pad_id: int
+  record_logprobs: bool
+  segments: int
+
+
+class Samples(NamedTuple):
+  """Host arrays; B = P * G rows, group-contiguous; N = max_new_tokens."""
+  tokens_BxN: np.ndarray  # int32, pad_id after the end
+  mask_BxN: np.ndarray  # int32, 1 on generated tokens including the EOS / last stop token
+  finish_B: np.ndarray  # int32 index into sampling.FINISH_REASONS
+  logprobs_BxN: np.ndarray | None  # float32 behaviour log-probs (0 on padding), when recorded
+  forward_passes: int  # of the model on the batch: the prefill and the decode steps (0: nothing was sampled)
+
+
+def _logits(model: Decoder, hidden_BxD: jax.Array) -> jax.Array:
+  return jnp.dot(hidden_BxD, model.unembedding(), preferred_element_type=jnp.float32)
+
+
+def _split_layers(state: nnx.State) -> Any:
+  """`state` with every stacked layer parameter [L, ...] as a list of its L slices (see `_restack`)."""
+  def split(path, x):
+    return [x[i] for i in range(x.shape[0])] if "layers" in jax.tree_util.keystr(path) else x
+
+  return jax.tree_util.tree_map_with_path(split, state)
+
+
+def _restack(split_state: Any) -> Any:
+  """Inverse of `_split_layers`, called inside the decode loop on slices taken before it.
+
+  The model slices layer i out of every stacked parameter; inside a loop XLA on CPU materialises such slices,
+  a copy of all the weights per token. Taking the slices once before the loop and stacking them inside it
+  lets XLA's simplifier resolve slice(stack(w_0, ..., w_L-1), i) to w_i, so decoding reads the weights in place.
+  """
+  return jax.tree.map(jnp.stack, split_state, is_leaf=lambda x: isinstance(x, list))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
+def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_PxL: jax.Array, prompt_mask_PxL: jax.Array,
+                    keys_B: jax.Array, eos_E: jax.Array, prompt_rope: tuple[jax.Array, jax.Array],
+                    spec: DecodeSpec) -> dict[str, jax.Array]:
+  """Samples spec.max_new_tokens tokens after left-padded prompts (every row's last column is real).
+
+  `prompt_rope` is `rope_inputs` of the prompt mask (see model.Decoder.__call__).
+
+  Row b continues prompt b // G, where G = B / P: the P prompts are prefilled once and their cache and
+  first-token logits are repeated for the G rows of each group.
+  """
+  model = nnx.merge(graphdef, state)
+  prompts, prompt_len = prompt_PxL.shape
+  batch = keys_B.shape[0]
+  if batch % prompts:
+    raise ValueError(f"{batch} row keys do not make whole groups of {prompts} prompts")
+  group = batch // prompts
+  n = spec.max_new_tokens
+  lengths = cache_lengths(prompt_len, n, spec.segments)
+  positions_PxL = positions_of(prompt_mask_PxL)
+  hidden, cache = model(prompt_PxL, positions_PxL, prompt_mask_PxL, kvc.init_cache(model.cfg, prompts, prompt_len),
+                        rope=prompt_rope)
+  cache = kvc.repeat_rows(cache, group)
+  window = max([len(s) for s in spec.stop_sequences], default=1)
+  uniforms_BxN = sampling.row_uniforms(keys_B, n)
+
+  def emit(i, logits_BxV, carry):
+    """Chooses token i of every unfinished row and records why rows finish."""
+    tokens, logprobs, length, finish, recent = carry
+    done = length <= i  # finished before step i
+    token = sampling.choose(logits_BxV, uniforms_BxN[:, i], spec.temperature, spec.top_k, spec.top_p)
+    token = jnp.where(done, spec.pad_id, token)
+    tokens = tokens.at[:, i].set(token)
+    if spec.record_logprobs:
+      logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, sampling.token_logprob(logits_BxV, token)))
+    recent = jnp.concatenate([recent[:, 1:], token[:, None]], axis=1)
+    is_eos = ~done & jnp.isin(token, eos_E)
+    is_stop = ~done & ~is_eos & sampling.stop_sequence_hit(recent, spec.stop_sequences)
+    finish = jnp.where(is_eos, 1, jnp.where(is_stop, 2, finish))
+    length = jnp.where(done | is_eos | is_stop, length, i + 2)
+    return tokens, logprobs, length, finish, recent
+
+  # length_B: a row finished at step j holds j + 1, its response length; a live row holds i + 1 before step i.
+  carry = (jnp.full((batch, n), spec.pad_id, jnp.int32), jnp.zeros((batch, n), jnp.float32),
+           jnp.full((batch,), 1, jnp.int32), jnp.zeros((batch,), jnp.int32),
+           jnp.full((batch, window), -1, jnp.int32))
+  first_logits_BxV = constrain(jnp.repeat(_logits(model, hidden[:, -1]), group, axis=0), ("act_batch", "act_vocab"))
+  carry = emit(0, first_logits_BxV, carry)
+  # The RoPE of every decode step at once (see Decoder.__call__): step i's token sits at last position + i.
+  last_position_B = constrain(jnp.repeat(positions_PxL[:, -1], group), ("act_batch",))
+  cos_BxN, sin_BxN = model.rope(last_position_B[:, None] + jnp.arange(n))
+  split_state = _split_layers(state)
+
+  # With no EOS id and no stop sequence no row can end early: skip the check and its all-reduce.
+  can_stop = eos_E.shape[0] > 0 or bool(spec.stop_sequences)
+
+  def cond(end, loop):
+    i, _, carry = loop
+    return (i < end) & jnp.any(carry[2] > i) if can_stop else i < end
+
+  def steps(end, loop):
+    """Up to EXIT_CHECK_STEPS decode steps, with no check on the rows in between."""
+    return jax.lax.fori_loop(0, jnp.minimum(EXIT_CHECK_STEPS, end - loop[0]), lambda _, inner: body(inner), loop)
+
+  def body(loop):
+    i, cache, carry = loop
+    tokens_Bx1 = jax.lax.dynamic_slice_in_dim(carry[0], i - 1, 1, axis=1)
+    positions_Bx1 = (last_position_B + i)[:, None]
+    rope = tuple(jax.lax.dynamic_slice_in_dim(x, i, 1, axis=1) for x in (cos_BxN, sin_BxN))
+    decoder = nnx.merge(graphdef, _restack(split_state))
+    hidden, cache = decoder(tokens_Bx1, positions_Bx1, jnp.ones_like(tokens_Bx1), cache, rope=rope)
+    return i + 1, cache, emit(i, _logits(decoder, hidden[:, 0]), carry)
+
+  loop = (jnp.int32(1), cache, carry)
+  for slots in lengths:
+    # Step i writes its input token's key at slot prompt_len + i - 1, so a cache of `slots` serves steps up to
+    # slots - prompt_len.
+    i, cache, carry = loop
+    end = min(n, slots - prompt_len + 1)
+    loop = jax.lax.while_loop(functools.partial(cond, end), functools.partial(steps, end),
+                              (i, kvc.grow(cache, slots), carry))
+  i, _, (tokens, logprobs, length, finish, _) = loop
+  length = jnp.minimum(length, n)
+  mask = (jnp.arange(n)[None, :] < length[:, None]).astype(jnp.int32)
+  return {"tokens": tokens, "mask": mask, "finish": finish, "logprobs": logprobs, "forward_passes": i}
+
+
+class Sampler:
+  """Host-side front of `generate_arrays`: pads and buckets prompts, builds the G row keys of each.
+
+  `state` arguments are the model's `nnx.State` (as `nnx.split(model)` gives it), on the sampler's devices.
+  """
+
+  def __init__(self, model: Decoder, cfg_rollout: ml_collections.ConfigDict, eos_ids: Sequence[int],
+               pad_id: int, mesh: Mesh | None = None) -> None:
+    validate(cfg_rollout)
+    self.graphdef = nnx.graphdef(model)
+    self.cfg = cfg_rollout
+    self.mesh = mesh
+    self.spec = DecodeSpec(
+        max_new_tokens=cfg_rollout.max_new_tokens, temperature=float(cfg_rollout.temperature),
+        top_k=cfg_rollout.top_k, top_p=float(cfg_rollout.top_p),
+        stop_sequences=tuple(tuple(s) for s in cfg_rollout.stop_sequences), pad_id=int(pad_id),
+        record_logprobs=bool(cfg_rollout.record_behaviour_logprobs), segments=cfg_rollout.decode_segments)
+    self.eos_E = np.asarray(eos_ids, np.int32)
+    if mesh is not None:  # placed once: every call reads it
+      self.eos_E = jax.device_put(self.eos_E, NamedSharding(mesh, PartitionSpec()))
+    shards = row_shards(mesh)
+    rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
+    if rows % shards:  # correct, but each shard then does all the work: say so rather than run slowly unseen
+      logging.warning("sampler: %d rows do not split over the mesh's %d data x fsdp shards; every shard samples "
+                      "all of them", rows, shards)
+
+  def generate(self, state: nnx.State, prompts: Sequence[Sequence[int]], *, seed: int, step: int,
+               prompt_ids: Sequence[int] | None = None) -> Samples:
+    """G samples of each prompt (token ids, without padding); rows are group-contiguous.
+
+    `prompt_ids` (default 0..P-1) name the prompts in the random keys; give global ids when each process
+    samples its own slice of the step's prompts.
+    """
+    group = self.cfg.group_size
+    lengths = [len(p) for p in prompts]
+    if not prompts or min(lengths) < 1 or max(lengths) > self.cfg.max_prompt_len:
+      raise ValueError(f"prompts must hold 1 to rollout.max_prompt_len={self.cfg.max_prompt_len} tokens; "
+                       f"got lengths {min(lengths, default=0)}..{max(lengths, default=0)} over {len(prompts)}")
+    bucket = prompt_bucket(max(lengths), self.cfg.max_prompt_len)
+    prompt_PxL = np.full((len(prompts), bucket), self.spec.pad_id, np.int32)
+    for row, p in enumerate(prompts):
+      prompt_PxL[row, bucket - len(p):] = p
+    mask_PxL = (np.arange(bucket)[None, :] >= bucket - np.asarray(lengths)[:, None]).astype(np.int32)
+    ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids)
+    arrays = (prompt_PxL, mask_PxL, sampling.row_keys(seed, step, ids, group))
+    if self.mesh is not None:
+      # Rows split over data x fsdp; the P prompts too when they divide evenly, else every shard prefills all.
+      arrays = tuple(jax.device_put(x, logical_sharding(("act_batch",) + (None,) * (x.ndim - 1), x.shape, self.mesh))
+                     for x in arrays)
+    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+      rope = rope_inputs(self.graphdef, arrays[1], state)
+      out = generate_arrays(self.graphdef, state, *arrays, self.eos_E, rope, spec=self.spec)
+    out = jax.device_get(out)
+    return Samples(out["tokens"], out["mask"], out["finish"],
+                   out["logprobs"] if self.spec.record_logprobs else None, int(out["forward_passes"]))

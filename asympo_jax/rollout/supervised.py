@@ -1,0 +1,50 @@
+"""Supervised batches for the warm start: the gold answer as the response, in the train batch of contracts.md.
+
+The warm start trains with the `nll` objective through the same trainer loop and train step as RL; only the
+batch builder differs. Instead of sampling, each prompt's response is its gold answer written in the answer
+convention the rewards read (`GOLD_FORMAT`), followed by EOS.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+from asympo_jax.rollout.generator import Batch, BuildFn, Params
+from asympo_jax.rollout.batch import PromptsFn, assemble
+from asympo_jax.rollout.sampler import Samples
+
+GOLD_FORMAT = " \\boxed{{{answer}}}"
+
+
+def gold_response(problem: Any) -> str:
+  return GOLD_FORMAT.format(answer=problem.answer)
+
+
+def make_build_batch(prompts_for_step: PromptsFn, encode: Callable[[str], Sequence[int]],
+                     cfg_rollout: ml_collections.ConfigDict, eos_id: int, pad_id: int) -> BuildFn:
+  """`build_batch(params, step)` for the generator: params are ignored, every row is a gold response.
+
+  `encode` maps response text to token ids without special tokens; rows are repeated group_size times.
+  """
+  group, width = cfg_rollout.group_size, cfg_rollout.max_new_tokens
+
+  def build_batch(params: Params, step: int) -> tuple[Batch, dict[str, float]]:
+    del params
+    prompts, problems = prompts_for_step(step)
+    responses = [list(encode(gold_response(p))) + [eos_id] for p in problems]
+    too_long = [gold_response(p) for p, r in zip(problems, responses) if len(r) > width]
+    if too_long:
+      raise ValueError(f"gold responses longer than rollout.max_new_tokens={width} tokens: {too_long[:3]}")
+    tokens_BxN = np.full((len(prompts) * group, width), pad_id, np.int32)
+    mask_BxN = np.zeros((len(prompts) * group, width), np.int32)
+    for p, response in enumerate(responses):
+      tokens_BxN[p * group:(p + 1) * group, :len(response)] = response
+      mask_BxN[p * group:(p + 1) * group, :len(response)] = 1
+    samples = Samples(tokens_BxN, mask_BxN, np.zeros(len(tokens_BxN), np.int32), None, forward_passes=0)
+    lengths = mask_BxN.sum(axis=1)
+    return (assemble(prompts, samples, np.ones(len(tokens_BxN), np.float32), cfg_rollout, pad_id),
+            {"rollout/response_len_mean": float(lengths.mean())})
+
+  return build_batch

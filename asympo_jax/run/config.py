@@ -1,0 +1,120 @@
+"""The config schema: every key a run understands, with its default.
+
+Config files in configs/ start from `base_config()` and override values. `validate` refuses unknown keys
+(a typo in a config file or on the command line would otherwise be silently ignored) and bad values,
+before anything is compiled. Each section's value checks live with the code that owns the section.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from asympo_jax.common.checks import ConfigError, check, unknown_keys  # noqa: F401 -- ConfigError for callers of validate_keys
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.workdir = "runs/default"
+
+  c.model = ml_collections.ConfigDict()
+  c.model.hf_path = ""  # a local Hugging Face directory (config.json + safetensors + tokenizer)
+  c.model.param_dtype = "float32"  # float32 | bfloat16
+  c.model.remat = "none"  # none | full | dots (jax.checkpoint policy for each layer)
+  c.model.scan_layers = False
+  c.model.scratch = ""  # "" | tiny | small: build a tokenizer and a random Qwen3 model in <workdir>/scratch_model
+
+  # Supervised warm start (objective nll on gold answers) through the same loop and train step, before RL.
+  c.warm_start = ml_collections.ConfigDict()
+  c.warm_start.steps = 0  # 0: off
+  c.warm_start.lr = 1e-3
+  c.warm_start.warmup_steps = 0
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: the rest of the devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = ""  # dataset spec, see asympo_jax/data.py
+  c.data.eval = ""
+  c.data.template = "plain"  # plain | chat
+  c.data.max_eval_problems = 0  # 0: all
+  c.data.dir = ""  # named benchmarks' local files; "": ../shared/data/math beside the repo
+  c.data.hub = False  # named benchmarks from the Hugging Face hub (needs network) instead of data.dir
+  c.data.reward_workers = 2  # reward processes (math-verify runs there, under a per-answer deadline)
+  c.data.reward_timeout_s = 2.0  # per answer; a slower answer gets reward 0 and counts as a timeout
+
+  c.rollout = ml_collections.ConfigDict()
+  c.rollout.staleness = 0
+  c.rollout.mode = "fixed_lag"  # fixed_lag | bounded
+  c.rollout.prompts_per_step = 8  # P
+  c.rollout.group_size = 4  # G
+  c.rollout.max_prompt_len = 64
+  c.rollout.max_new_tokens = 64
+  c.rollout.temperature = 1.0
+  c.rollout.top_p = 1.0
+  c.rollout.top_k = 0  # 0: off
+  c.rollout.record_behaviour_logprobs = False
+  c.rollout.decode_segments = 2  # decode loops, each over a KV cache just long enough for it (sampler.py)
+  c.rollout.stop_sequences = []  # token-id lists that end a response (kept in it, like EOS)
+  c.rollout.devices = ""  # "": sample on the training devices; "4:8": a disjoint device range
+
+  c.advantage = ml_collections.ConfigDict()
+  c.advantage.std_normalize = True
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.name = "asympo"
+  c.objective.negative_scale = 0.5  # spo's lambda
+  c.objective.eps = 1e-3  # asympo's floor on sg(l_g)
+  c.objective.clip_eps_low = 0.2
+  c.objective.clip_eps_high = 0.2
+  c.objective.dual_clip = 0.0  # 0: off; else c > 1
+  c.objective.aggregation = "seq_mean_token_mean"  # grpo: seq_mean_token_mean | token_mean
+  c.objective.tis_cap = 0.0  # 0: off; else the truncated importance weight cap C
+  c.objective.tis_level = "token"  # token | seq
+  c.objective.kl_coef = 0.0
+  c.objective.entropy_coef = 0.0
+  c.objective.split_grad_norms = False  # log grad norms of the positive and negative parts
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-6
+  c.optim.warmup_steps = 0
+  c.optim.schedule = "constant"  # constant | cosine
+  c.optim.weight_decay = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.clip_norm = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100
+  c.train.micro_batches = 1
+  c.train.logprob_chunk = 0  # 0: direct log-probs; else the time-chunk length
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 50
+  c.checkpoint.keep = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0  # 0: off
+  c.eval.samples = 0  # k samples per problem for avg@k and pass@k; 0: greedy accuracy only
+  c.eval.temperature = 1.0  # of those samples (greedy accuracy is always reported too)
+  c.eval.batch_size = 16  # prompts per generate call (rounded up to a multiple of the data x fsdp shards)
+  c.eval.out_dir = ""  # "": <workdir>/eval
+
+  c.metrics = ml_collections.ConfigDict()
+  c.metrics.tensorboard = True
+  c.metrics.wandb_project = ""  # "": off
+  c.metrics.progress_bar = True
+
+  c.distributed = ml_collections.ConfigDict()
+  # "": one process, unless JAX_COORDINATOR_ADDRESS is set; "auto": jax's cluster detection (SLURM, TPU
+  # pods, ...); else "host:port" of process 0, with num_processes and process_id below.
+  c.distributed.coordinator = ""
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  return c
+
+
+def validate_keys(cfg: ml_collections.ConfigDict) -> None:
+  bad = unknown_keys(cfg, base_config())
+  check(not bad, bad[0] if bad else "", f"unknown key(s) {', '.join('config.' + b for b in bad)}")

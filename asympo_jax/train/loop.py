@@ -1,0 +1,200 @@
+"""The training loop: async generator -> train step -> publish -> metrics -> eval -> checkpoint.
+
+A checkpoint taken after step s holds the params theta_s, the optimizer state, the base RNG key, and the
+batches the generator already sampled for steps s .. s+k-1 (with theta_{s-k} .. theta_{s-1}, which the
+checkpoint does not hold). Resuming feeds those batches first and restarts the generator at step s+k with
+theta_s, so a resumed fixed_lag run repeats the uninterrupted one exactly.
+
+Every process runs this loop (JAX multi-controller). Batches arrive process-local (each process samples its
+own slice of the prompts) and become global arrays sharded over data x fsdp; only process 0 writes metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from asympo_jax.train import checkpoint
+from asympo_jax.train import metrics
+from asympo_jax.train import optim
+from asympo_jax.rollout import generator as rollout
+from asympo_jax.train import step as train_step
+from asympo_jax.train.step import TrainState
+
+# The train batch of contracts.md; anything else a builder returns stays on the host.
+BATCH_KEYS = ("tokens", "input_mask", "loss_mask", "rewards", "policy_version", "behaviour_logprobs")
+Evaluate = Callable[[nnx.State, int], Mapping[str, float]]
+
+
+@dataclasses.dataclass
+class Result:
+  state: TrainState
+  step: int  # completed steps
+  stopped_by_signal: bool
+
+
+def _to_global(batch_local: Mapping[str, Any], rows: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+  return {k: jax.make_array_from_process_local_data(rows, np.asarray(v)) for k, v in batch_local.items()
+          if k in BATCH_KEYS}
+
+
+def _batch_metrics(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Reward and response-length statistics of the global batch."""
+  rewards_B = batch["rewards"].astype(jnp.float32)
+  length_B = batch["loss_mask"].sum(axis=1)
+  return {"reward/mean": rewards_B.mean(), "reward/std": rewards_B.std(),
+          "reward/accuracy": (rewards_B >= 1.0).mean(), "response/length_mean": length_B.mean(),
+          "response/length_max": length_B.max(), "response/tokens": length_B.sum()}
+
+
+class _Run:
+  """The state of one run of the loop (a class only to share the pieces between its phases)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module):
+    self.cfg, self.mesh = cfg, mesh
+    self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+    self.tx, self.schedule = optim.make_optimizer(cfg.optim, cfg.train.steps)
+    self.state, self.shardings = train_step.init_state(params, self.tx, mesh)
+    self.rows = train_step.batch_sharding(mesh)
+    self.ref_params = rollout.copy_params(params) if cfg.objective.kl_coef > 0 else None
+    self.rng = np.asarray(jax.random.key_data(jax.random.key(cfg.seed))).tolist()
+    self.pending: dict[int, tuple[dict[str, jax.Array], dict[str, float]]] = {}
+    self.ckpt = checkpoint.Checkpointer(cfg.workdir, cfg.checkpoint.keep)
+
+  # ---------------------------------------------------------------- checkpoints
+  def restore(self) -> int:
+    """Loads the newest checkpoint if the run directory has one; returns the completed steps."""
+    step = self.ckpt.latest_step()
+    if step is None:
+      return 0
+    meta = self.ckpt.restore_meta(step)
+    pending_abstract = {str(t): {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=self.rows)
+                                 for k, (shape, dtype) in spec.items()}
+                        for t, spec in meta["pending_spec"].items()}
+    target = {"train": checkpoint.abstract(self.state), "pending": pending_abstract}
+    restored, meta = self.ckpt.restore(step, target)
+    if meta["rng"] != self.rng:
+      raise ValueError(f"{self.ckpt.directory}/{step}: written with another config.seed than "
+                       f"{self.cfg.seed}; use a new workdir for a new seed")
+    changed = sorted(k for k, v in _flat(self.cfg.to_dict()).items() if _flat(meta["config"]).get(k) != v)
+    if changed:
+      logging.warning("resuming %s with changed config keys: %s", self.cfg.workdir, ", ".join(changed))
+    self.state = restored["train"]
+    self.pending = {int(t): (batch, meta["pending_info"][t]) for t, batch in restored["pending"].items()}
+    logging.info("resumed from step %d (%d batches already sampled)", step, len(self.pending))
+    return step
+
+  def save(self, step: int, gen: rollout.RolloutGenerator) -> None:
+    # Take the batches already sampled for the next steps out of the generator, so they can be saved.
+    last = min(step + self.cfg.rollout.staleness, self.cfg.train.steps)
+    for t in range(step, last):
+      if t not in self.pending:
+        batch, info = gen.get(t)
+        self.pending[t] = (_to_global(batch, self.rows), info)
+    pending = {str(t): self.pending[t] for t in range(step, last)}
+    # Prompts are a function of the step (data.problems_for_step), so the step is the data position.
+    position = {"next_step": step, "prompts_consumed": step * self.cfg.rollout.prompts_per_step}
+    meta = {"step": step, "data_position": position, "rng": self.rng, "config": self.cfg.to_dict(),
+            "pending_spec": {t: {k: (list(v.shape), v.dtype.name) for k, v in b.items()}
+                             for t, (b, _) in pending.items()},
+            "pending_info": {t: info for t, (_, info) in pending.items()}}
+    self.ckpt.save(step, {"train": self.state, "pending": {t: b for t, (b, _) in pending.items()}}, meta)
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _any_process(flag: bool) -> bool:
+  """True on every process when any process has `flag` (a signal reaches processes one by one)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_batch: rollout.BuildFn, *,
+          transfer: Callable[[Any], Any] = rollout.copy_params, evaluate: Evaluate | None = None) -> Result:
+  """Runs (or resumes) the loop until cfg.train.steps or a stop signal; see the module docstring.
+
+  `build_batch(params, step) -> (batch, info)` samples this process's rows of batch `step` (contracts.md)
+  with the generator's copy of the params (made by `transfer`); `evaluate(params, step)` returns eval
+  metrics of the params after `step` updates: before training, every cfg.eval.every steps and at the end.
+
+  Metrics records are keyed by the number of updates done: record s holds the step that made theta_s
+  (and the eval of theta_s); record 0 holds only the eval of the initial params.
+  """
+  run = _Run(cfg, mesh, model)
+  start = run.restore()
+  total = cfg.train.steps
+  is_main = jax.process_index() == 0
+  writer = metrics.MetricsWriter(cfg.workdir, cfg.metrics, cfg.to_dict(), is_main, start_step=start)
+  bar = metrics.ProgressBar(start, total, enabled=is_main and cfg.metrics.progress_bar)
+  step_fn = train_step.make_train_step(cfg, run.graphdef, run.rest, run.tx, run.schedule, mesh, run.shardings)
+  stats = jax.jit(_batch_metrics)
+  stop = checkpoint.StopSignals()
+  gen = rollout.RolloutGenerator(build_batch, run.state.params, cfg.rollout, total,
+                                 start_step=start + len(run.pending), params0_version=start, transfer=transfer)
+  step, stopped = start, False
+  evaluating = evaluate is not None and cfg.eval.every > 0
+
+  def eval_metrics(step: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    out = {f"eval/{k}": v for k, v in evaluate(run.state.params, step).items()}
+    return {**out, "time/eval": time.perf_counter() - t0}
+
+  try:
+    if evaluating and start == 0:
+      writer.write(0, eval_metrics(0))
+    while step < total and not stopped:
+      t0 = time.perf_counter()
+      if step in run.pending:
+        batch, info = run.pending.pop(step)
+      else:
+        local, info = gen.get(step)
+        train_step.check_batch(local, cfg.rollout)
+        batch = _to_global(local, run.rows)
+      t1 = time.perf_counter()
+      run.state, step_metrics = step_fn(run.state, batch, run.ref_params)
+      scalars = jax.device_get({**step_metrics, **stats(batch)})
+      t2 = time.perf_counter()
+      gen.publish(run.state.params, step + 1)
+      t3 = time.perf_counter()
+      step += 1
+      rows, width = batch["tokens"].shape
+      scalars.update(info)
+      scalars.update({"time/get_batch": t1 - t0, "time/train": t2 - t1, "time/publish": t3 - t2,
+                      "time/step": t3 - t0, "throughput/train_tokens_per_s": rows * width / (t2 - t1),
+                      "throughput/response_tokens_per_s": scalars["response/tokens"] / (t3 - t0)})
+      if evaluating and (step % cfg.eval.every == 0 or step == total):
+        scalars.update(eval_metrics(step))
+      stopped = _any_process(stop.is_set())
+      if stopped or step == total or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+        t5 = time.perf_counter()
+        run.save(step, gen)
+        scalars["time/checkpoint"] = time.perf_counter() - t5
+      writer.write(step, scalars)
+      bar.update(scalars)
+  finally:
+    gen.close()
+    run.ckpt.close()
+    writer.close()
+    bar.close()
+    stop.restore()
+  if stopped:
+    logging.info("stopped by signal %s after step %d; checkpoint saved", stop.received, step)
+  return Result(run.state, step, stopped)

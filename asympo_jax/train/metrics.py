@@ -1,0 +1,101 @@
+"""Where a run's scalars go: JSONL (always), TensorBoard, optional W&B, and the tqdm progress bar.
+
+Only process 0 writes; every other process gets a writer that drops everything, so callers never branch
+on the process index. W&B is imported only when `metrics.wandb_project` is set.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import ml_collections
+import tqdm
+
+from asympo_jax.common.checks import check
+
+JSONL_NAME = "metrics.jsonl"
+
+
+def validate(cfg_metrics: ml_collections.ConfigDict) -> None:
+  check(not cfg_metrics.wandb_project or importlib.util.find_spec("wandb") is not None,
+        "metrics.wandb_project", "is set but the wandb package is not installed (pip install wandb, or set \"\")")
+
+
+def read_jsonl(workdir: str) -> list[dict[str, Any]]:
+  """The records of a run's metrics.jsonl, in order."""
+  with open(os.path.join(workdir, JSONL_NAME)) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _truncate_from(path: str, start_step: int) -> None:
+  # A run killed after its last checkpoint has logged steps that the resumed run logs again.
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    keep = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+  with open(path, "w") as f:
+    f.writelines(keep)
+
+
+class MetricsWriter:
+  """Writes one record per step. `start_step` > 0 (a resumed run) drops JSONL records after that step."""
+
+  def __init__(self, workdir: str, cfg_metrics: ml_collections.ConfigDict, config: Mapping[str, Any],
+               is_main: bool, start_step: int = 0):
+    self._on = is_main
+    self._tb = self._wandb = self._jsonl = None
+    if not self._on:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, JSONL_NAME)
+    _truncate_from(path, start_step)
+    self._jsonl = open(path, "a")
+    if cfg_metrics.tensorboard:
+      import tensorboardX
+      purge = start_step + 1 if start_step else None  # TensorBoard hides the dropped records too
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
+    if cfg_metrics.wandb_project:
+      import wandb
+      self._wandb = wandb.init(project=cfg_metrics.wandb_project, config=dict(config), dir=workdir,
+                               name=os.path.basename(os.path.abspath(workdir)), resume="allow")
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self._on:
+      return
+    values = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in values.items():
+        if math.isfinite(v):
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log(values, step=step)
+
+  def close(self) -> None:
+    for sink in (self._jsonl, self._tb):
+      if sink is not None:
+        sink.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+    self._jsonl = self._tb = self._wandb = None
+
+
+class ProgressBar:
+  """A tqdm bar over the train steps showing reward, step time and rollout lag (process 0 only)."""
+
+  def __init__(self, start: int, total: int, enabled: bool):
+    self._bar = tqdm.tqdm(initial=start, total=total, dynamic_ncols=True, disable=not enabled, unit="step")
+
+  def update(self, scalars: Mapping[str, float]) -> None:
+    shown = {"reward": "reward/mean", "step_s": "time/step", "lag": "rollout/lag_mean"}
+    self._bar.set_postfix({k: f"{float(scalars[m]):.3g}" for k, m in shown.items() if m in scalars},
+                          refresh=False)
+    self._bar.update(1)
+
+  def close(self) -> None:
+    self._bar.close()

@@ -12,7 +12,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tiny_checkpoints as tc
+from tests import tiny_checkpoints as tc
 from asympo_jax.model import hf_io
 from asympo_jax.common.checks import ConfigError
 from asympo_jax.run.config import base_config

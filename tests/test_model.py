@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import tiny_checkpoints as tc
+from tests import tiny_checkpoints as tc
 from asympo_jax.model import hf_io
 from asympo_jax.model import kv_cache
 from asympo_jax.model.decoder import Decoder

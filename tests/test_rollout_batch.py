@@ -9,7 +9,7 @@ from asympo_jax.model import hf_io
 from asympo_jax.rollout.generator import RolloutGenerator, copy_params
 from asympo_jax.rollout.batch import assemble, make_build_batch
 from asympo_jax.rollout.sampler import Sampler, Samples
-from tiny_checkpoints import make_checkpoint
+from tests.tiny_checkpoints import make_checkpoint
 
 
 @settings(max_examples=30, deadline=None)

@@ -18,7 +18,7 @@ from asympo_jax.model import decoder as model_lib
 from asympo_jax.rollout import sampler as sampler_lib
 from asympo_jax.rollout.sampler import EXIT_CHECK_STEPS, Sampler, cache_lengths, prompt_bucket, rollout_mesh
 from asympo_jax.common.sharding import MESH_AXES, data_mesh
-from tiny_checkpoints import make_checkpoint, positions_from_mask, torch_logits
+from tests.tiny_checkpoints import make_checkpoint, positions_from_mask, torch_logits
 
 VOCAB = 101  # tiny_checkpoints' vocabulary
 

@@ -5,7 +5,7 @@ import torch
 import transformers
 from flax import nnx
 
-import tiny_checkpoints as tc
+from tests import tiny_checkpoints as tc
 from asympo_jax.model import hf_io
 from asympo_jax.model import scratch
 from asympo_jax.model.decoder import create_model

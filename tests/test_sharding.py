@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.sharding import PartitionSpec as P
 
-import tiny_checkpoints as tc
+from tests import tiny_checkpoints as tc
 from asympo_jax.model import hf_io
 from asympo_jax.model import kv_cache
 from asympo_jax.common.checks import ConfigError

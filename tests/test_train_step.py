@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 from asympo_jax.train import objectives
 from asympo_jax.train import optim
 from asympo_jax.train import step as train_step
-from train_fixtures import synthetic_batch, tiny_config, tiny_model
+from tests.train_fixtures import synthetic_batch, tiny_config, tiny_model
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -11,7 +11,7 @@ import numpy as np
 import safetensors.numpy
 import pytest
 
-RUNNER = os.path.join(os.path.dirname(__file__), "trainer_runner.py")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _start(workdir, devices, *args, cache=None):
@@ -19,8 +19,8 @@ def _start(workdir, devices, *args, cache=None):
   if cache:  # compiled programs shared between the runs of one test
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return subprocess.Popen([sys.executable, RUNNER, str(workdir), str(devices), *args], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen([sys.executable, "-m", "tests.trainer_runner", str(workdir), str(devices), *args],
+                          env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(proc, timeout=300):

@@ -1,6 +1,6 @@
 """A tiny training run in its own process, for the resume and multi-host tests (not a test file).
 
-    python tests/trainer_runner.py WORKDIR DEVICES key=value ...
+    python -m tests.trainer_runner WORKDIR DEVICES key=value ...    (from the repo root)
 
 DEVICES is the number of host CPU devices of this process; key=value pairs override the config (dotted keys, Python
 literals), except reward_sleep=SECONDS, which slows every batch down (so a test can signal mid-run), and
@@ -17,8 +17,6 @@ import time
 workdir, devices = sys.argv[1], int(sys.argv[2])
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
 os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -32,7 +30,7 @@ from asympo_jax.run import assemble as run
 from asympo_jax.common import sharding
 from asympo_jax.train import loop as trainer
 from asympo_jax.run import validation
-from train_fixtures import TINY, tiny_config, tiny_model  # noqa: E402
+from tests.train_fixtures import TINY, tiny_config, tiny_model  # noqa: E402
 
 overrides = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}
 reward_sleep = overrides.pop("reward_sleep", 0.0)

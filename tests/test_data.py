@@ -1,5 +1,6 @@
 """Data: named benchmarks from the local files, file specs with field mappings, gym tasks, clear errors."""
 import json
+import pathlib
 
 import pyarrow
 import pyarrow.parquet
@@ -8,6 +9,17 @@ from hypothesis import given, strategies as st
 
 from asympo_jax.run import config
 from asympo_jax.data import datasets as data
+
+REPO_DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "math"
+
+
+def test_named_benchmarks_default_to_the_repos_own_files_with_their_provenance():
+  assert data.DEFAULT_DATA_DIR == REPO_DATA
+  provenance = (REPO_DATA / "README.md").read_text()
+  for name, benchmark in data.BENCHMARKS.items():
+    if benchmark.local_file:
+      assert (REPO_DATA / benchmark.local_file).is_file(), name
+      assert benchmark.local_file in provenance, f"{benchmark.local_file} has no provenance in data/math/README.md"
 
 
 @pytest.mark.parametrize("name, count", [("gsm8k_test", 1319), ("gsm8k_train", 7473), ("math500_test", 500),
@@ -85,7 +97,7 @@ def test_bad_specs_fail_clearly(spec, message):
 
 
 def test_where_filters_keep_the_records_whose_field_has_one_of_the_values():
-  with open(data.default_data_dir() / "math500_test.jsonl") as f:
+  with open(REPO_DATA / "math500_test.jsonl") as f:
     records = [json.loads(line) for line in f]
   ids = lambda keep: sorted(r["unique_id"] for r in records if keep(r))
   assert sorted(p.id for p in data.load("math500_test?where.level=5")) == ids(lambda r: r["level"] == 5)

@@ -12,11 +12,10 @@ separated by commas):
   math500_test?where.level=4|5                 a benchmark or file keeping only the records whose field
                                                (here `level`) reads as one of the |-separated values
 
-Named benchmarks read the local files in config.data.dir (default: ../shared/data/math beside the repo, see
-default_data_dir);
-with config.data.hub they come from the Hugging Face hub through datasets.load_dataset instead. The hub path
-needs network access, which the machines this was built on do not have: it is written against the datasets
-API but has never run here.
+Named benchmarks read the local files in config.data.dir (default: the repo's own data/math, see
+DEFAULT_DATA_DIR); with config.data.hub they come from the Hugging Face hub through datasets.load_dataset
+instead. The hub path needs network access, which the machines this was built on do not have: it is written
+against the datasets API but has never run here.
 """
 from __future__ import annotations
 
@@ -35,16 +34,9 @@ from asympo_jax.data import answers
 from asympo_jax.data import prompts
 from asympo_jax.common.checks import ConfigError, check
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def default_data_dir() -> pathlib.Path:
-  """shared/data/math in the nearest directory above the repo: ../shared beside a clone, and further up
-  for a git worktree nested one level deeper."""
-  for parent in REPO_ROOT.parents:
-    if (parent / "shared" / "data" / "math").is_dir():
-      return parent / "shared" / "data" / "math"
-  return REPO_ROOT.parent / "shared" / "data" / "math"
+# The benchmark files that ship with the repo (data/math/README.md gives their provenance and licences).
+# The package is installed editable (pip install -e), so the repo sits two levels above this file.
+DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "data" / "math"
 
 
 class DataError(ValueError):
@@ -275,7 +267,7 @@ def load(spec: str, data_dir: str | pathlib.Path = "", hub: bool = False, limit:
       raise DataError(f"{spec}: no local copy of this benchmark; it loads from the hub "
                       f"({benchmark.hub_id}) with config.data.hub=True on a machine with network access")
     else:
-      problems = load_file(pathlib.Path(data_dir or default_data_dir()) / benchmark.local_file,
+      problems = load_file(pathlib.Path(data_dir or DEFAULT_DATA_DIR) / benchmark.local_file,
                            benchmark.fields, spec, keep)
   else:
     raise DataError(f"unknown dataset spec {spec!r}: not a benchmark ({', '.join(BENCHMARKS)}) "

@@ -35,11 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
 
   c.data = ml_collections.ConfigDict()
-  c.data.train = ""  # dataset spec, see asympo_jax/data.py
+  c.data.train = ""  # dataset spec, see asympo_jax/data/datasets.py
   c.data.eval = ""
   c.data.template = "plain"  # plain | chat
   c.data.max_eval_problems = 0  # 0: all
-  c.data.dir = ""  # named benchmarks' local files; "": ../shared/data/math beside the repo
+  c.data.dir = ""  # named benchmarks' local files; "": the repo's own data/math
   c.data.hub = False  # named benchmarks from the Hugging Face hub (needs network) instead of data.dir
   c.data.reward_workers = 2  # reward processes (math-verify runs there, under a per-answer deadline)
   c.data.reward_timeout_s = 2.0  # per answer; a slower answer gets reward 0 and counts as a timeout

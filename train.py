@@ -1,7 +1,8 @@
 """Trains a policy with asynchronous RL: `python train.py --config configs/x.py --config.rollout.staleness=4`.
 
 Validates the whole config before anything is built or compiled, then runs (or resumes, when the workdir
-holds a checkpoint) the loop of asympo_jax/trainer.py. SIGTERM or Ctrl-C saves a checkpoint and stops.
+holds a checkpoint) asympo_jax/run/pipeline.py: scratch model, warm start, the RL loop of
+asympo_jax/train/loop.py, summary. SIGTERM or Ctrl-C saves a checkpoint and stops.
 """
 from absl import app, logging
 from ml_collections import config_flags

@@ -1,9 +1,9 @@
 """Wall time per RL step at staleness k = 0, 1, 2: generation, training, and the learner's wait for data.
 
-DESIGN §3 workloads on the `tiny` model (random init, float32): each step samples 16 prompts x 4 responses of
-32 + 64 tokens (no EOS, so every response is 64 tokens) and trains one asympo step with AdamW on those 64 x 96
-tokens. The rollout generator (asympo_jax/rollout.py, fixed_lag) samples on its own thread, on the same CPU
-cores as the learner, so overlap is time-sliced: while both run they share the cores.
+Workloads of docs/design.md §10 on the `tiny` model (random init, float32): each step samples 16 prompts x 4
+responses of 32 + 64 tokens (no EOS, so every response is 64 tokens) and trains one asympo step with AdamW on
+those 64 x 96 tokens. The rollout generator (asympo_jax/rollout/generator.py, fixed_lag) samples on its own
+thread, on the same CPU cores as the learner, so overlap is time-sliced: while both run they share the cores.
 
 Per k it prints the means over the timed steps (after one warm-up step that compiles both sides):
   generate    time/generate: the generator thread's sampling + scoring time per batch

@@ -1,8 +1,8 @@
-"""Time of one KV-cache decode step and of a full forward for the DESIGN §3 models (random init, float32).
+"""Time of one KV-cache decode step and of a full forward for the models of docs/design.md §10 (random init, float32).
 
     python -m benchmarks.decode_step --size tiny --scan_layers
 
-Workload (DESIGN §3): batch 64, cache of 32 prompt + 64 new tokens; forward over 96 tokens.
+Workload (docs/design.md §10): batch 64, cache of 32 prompt + 64 new tokens; forward over 96 tokens.
 """
 import argparse
 import functools

@@ -1,6 +1,6 @@
 """Generated tokens/s of the sampler against transformers' `generate` on the same checkpoint.
 
-DESIGN §3 workload: 64 prompts of 32 tokens, 64 new tokens each, temperature 1.0, no early stop (no EOS
+Workload (docs/design.md §10): 64 prompts of 32 tokens, 64 new tokens each, temperature 1.0, no early stop (no EOS
 token is given to either side), float32, random-init Qwen3 `tiny` and `small`. The reference runs in its own
 process (benchmarks/torch_reference.py: sharing a process with JAX slows torch several-fold) with as many
 threads as this machine has cores. Each side is timed over `--repeats` runs after one warm-up run
@@ -45,7 +45,7 @@ def bench(name: str, meshes: dict[str, Mesh], repeats: int, rounds: int, peak: f
                     max_new_tokens=workloads.NEW_TOKENS, temperature=1.0))
     steps = iter(range(1_000_000))
     runs = {}
-    for layout, mesh in meshes.items():  # the sampler on a training mesh, as in a run (asympo_jax/run.py)
+    for layout, mesh in meshes.items():  # the sampler on a training mesh, as in a run (asympo_jax/run/assemble.py)
       model = hf_io.load_model(path, mesh)
       runs[layout] = functools.partial(generate, Sampler(model, cfg, eos_ids=[], pad_id=0, mesh=mesh),
                                        nnx.state(model), workloads.generation_prompts(model.cfg.vocab_size).tolist(),

@@ -1,7 +1,7 @@
 """The PyTorch side of the benchmarks, in a process of its own that never starts JAX's runtime.
 
-Run in the same process as JAX's CPU runtime, transformers' `generate` on `tiny` ran at 854 tokens/s against
-5,397 tokens/s alone (this 2-core machine, quiet), so the JAX benchmarks start this script as a subprocess
+Run in the same process as JAX's CPU runtime, transformers' `generate` on `tiny` ran several-fold slower than
+alone (docs/benchmarks.md, "Generation"), so the JAX benchmarks start this script as a subprocess
 and read one JSON line back. It also writes the shared checkpoint, so the JAX process never imports torch.
 
     python -m benchmarks.torch_reference write --size tiny --path /tmp/ckpt
@@ -27,7 +27,7 @@ def write(size: str, path: str, seed: int = 0) -> None:
 
 
 def generate(model: torch.nn.Module, repeats: int) -> float:
-  """Best seconds of transformers' sampling `generate` on the DESIGN §3 generation workload."""
+  """Best seconds of transformers' sampling `generate` on the generation workload of docs/design.md §10."""
   ids = torch.as_tensor(workloads.generation_prompts(model.config.vocab_size))
   mask = torch.ones_like(ids)
 

@@ -1,4 +1,4 @@
-"""Train-step throughput and MFU on the DESIGN §3 train workload, beside a PyTorch reference step.
+"""Train-step throughput and MFU on the train workload of docs/design.md §10, beside a PyTorch reference step.
 
     python -m benchmarks.train_step [--configs tiny,small] [--steps 3] [--rounds 2] [--chunk 0] [--cpu-devices 1]
 

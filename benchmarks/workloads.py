@@ -1,4 +1,5 @@
-"""DESIGN §3 benchmark workloads: model sizes, inputs, FLOP counts, the matmul peak, and the PyTorch reference.
+"""The benchmark workloads of docs/design.md §10: model sizes, inputs, FLOP counts, the matmul peak, and the
+PyTorch reference.
 
 The reference (transformers on PyTorch) always runs in its own process, `python -m benchmarks.torch_reference`,
 because it slows down several-fold when it shares a process with JAX's CPU runtime. That script imports this
@@ -29,7 +30,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def hf_fields(size: str) -> dict[str, Any]:
-  """transformers.Qwen3Config fields of a DESIGN §3 size (tied embeddings)."""
+  """transformers.Qwen3Config fields of a docs/design.md §10 size (tied embeddings)."""
   c = scratch.SIZES[size]
   return dict(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], num_hidden_layers=c["num_layers"],
               num_attention_heads=c["num_heads"], num_key_value_heads=c["num_kv_heads"], head_dim=c["head_dim"],
@@ -120,7 +121,7 @@ def alternate(ours: Callable[[], dict[str, float]], reference: Callable[[], dict
               label: str) -> tuple[dict[str, float], dict[str, Any]]:
   """Runs `ours` (seconds by layout) and `reference` (a `reference_seconds` result) `rounds` times each,
   alternately, and returns each side's fastest: per layout for ours, and the reference run with the highest
-  matmul peak any of its runs measured. This machine's speed drifts by up to 20% within minutes; alternating
+  matmul peak any of its runs measured. A shared machine's speed drifts within minutes; alternating
   gives both sides the same chance at its fast spells, where one block each would hand the ratio to whichever
   side ran in the faster one. Prints every round."""
   best_ours: dict[str, float] = {}
@@ -140,8 +141,8 @@ def alternate(ours: Callable[[], dict[str, float]], reference: Callable[[], dict
 
 def matmul_peak_size() -> int:
   """n of the n x n x n product that measures the peak: 2048 on a CPU, 8192 on an accelerator. On one H100 a
-  2048^3 product lasts tens of microseconds, so dispatch and sync dominated it: the "peak" came out at 71 to
-  109 TFLOP/s in three processes, and at 71 in the one whose `small` train step reached 103 (an MFU of 145%)."""
+  2048^3 product lasts tens of microseconds, so dispatch and sync dominated it and the "peak" came out far
+  below the GPU's rate (an MFU over 100% in one run; docs/benchmarks.md, "One GPU")."""
   import jax  # here, not at module level: torch_reference.py imports this module and must not start JAX
 
   return 2048 if jax.default_backend() == "cpu" else 8192
@@ -175,9 +176,9 @@ def reference_seconds(task: str, path: str, repeats: int) -> dict[str, Any]:
   """Runs the PyTorch reference ("generate" or "train_step") on the checkpoint at `path` in its own process:
   {"seconds": best of `repeats`, "threads", "torch", "matmul_peak_flops" (torch.mm), "malloc"}.
 
-  The reference runs twice, with this process's GLIBC_TUNABLES (the JAX side's, host_memory.py) and with
-  glibc's defaults, and the faster run is returned ("malloc" says which): the tunables speed torch's train
-  step up as much as ours (on `small`, about 470 -> 650 tokens/s) but not its `generate`, and the reference
+  The reference runs twice, with this process's GLIBC_TUNABLES (the JAX side's,
+  asympo_jax/common/host_memory.py) and with glibc's defaults, and the faster run is returned ("malloc" says
+  which): the tunables speed torch's train step up as much as ours but not its `generate`, and the reference
   should be at its best.
   """
   envs = [("tuned malloc" if "GLIBC_TUNABLES" in os.environ else "glibc defaults", None)]

@@ -1,6 +1,6 @@
 """The embedded default: from nothing to asynchronous ASymPO on two CPU cores, in minutes, offline.
 
-1. Build a byte-level BPE tokenizer and a random Qwen3 `tiny` model (DESIGN §3), saved in HF format.
+1. Build a byte-level BPE tokenizer and a random Qwen3 `tiny` model (docs/design.md §10), saved in HF format.
 2. Warm start: supervised NLL on gold answers of reasoning-gym one-digit addition/subtraction, just long
    enough that the policy starts well above 0% and well below 100% (same loop and train step as RL).
 3. Asynchronous RL with asympo at staleness 2 (fixed lag), G = 8 samples per prompt.
@@ -29,7 +29,7 @@ def get_config():
   c.data.template = "bare"
 
   # 150: RL starts at 25-74% greedy accuracy over seeds 0-2 and gains 10-26 points in each; with 100, seed 1
-  # started at 10.5% and RL did not move it (README, "The embedded default").
+  # started at 10.5% and RL did not move it (docs/benchmarks.md, "The embedded default").
   c.warm_start.steps = 150
   c.warm_start.lr = 3e-3
   c.warm_start.warmup_steps = 20

@@ -9,7 +9,7 @@ as starting points to sweep.
 - data.train = math_train (Hendrycks MATH train, 7,500 problems, from the hub): the issue asks for MATH-level
   training data; the paper's abstract for math-reasoning post-training.
 - data.eval = aime24, aime25, amc23, math500, gsm8k, minerva: the issue's benchmark list.
-- data.hub = True: math_train, aime25 and minerva ship no local copy (../shared/data/math/README.md).
+- data.hub = True: math_train, aime25 and minerva ship no local copy (data/math/README.md).
 - objective.name = asympo, eps = 1e-3: the method under study; eps is this codebase's default floor (ours).
 - objective.negative_scale = 0.5: spo's lambda in the issue's staleness sweep (for --config.objective.name=spo).
 - advantage.std_normalize = True: GRPO's group advantage (DeepSeekMath, arXiv:2402.03300).

@@ -57,7 +57,7 @@ def test_stop_signals_set_the_flag_instead_of_killing(sig):
 
 def test_orbax_info_records_are_dropped_and_warnings_kept(monkeypatch):
   orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "checkpoint_manager.py")
-  ours = os.path.join(os.sep, "repo", "asympo_jax", "trainer.py")
+  ours = os.path.join(os.sep, "repo", "asympo_jax", "train", "loop.py")
   record = lambda path, level: logging.LogRecord("absl", level, path, 1, "message", None, None)
   checkpoint.quiet_orbax_info_logs()
   checkpoint.quiet_orbax_info_logs()

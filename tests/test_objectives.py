@@ -1,4 +1,4 @@
-"""Properties of the objectives of DESIGN §1, each checked against independently written formulas."""
+"""Properties of the objectives of docs/design.md §2, each checked against independently written formulas."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -282,7 +282,7 @@ def test_offpolicy_diagnostics_against_numpy():
   assert lp.shape == (B, T)
 
 
-# 8. the scale-imbalance case of DESIGN §1 -----------------------------------------------------------
+# 8. the scale-imbalance case of docs/design.md §1 --------------------------------------------------
 def imbalanced_group():
   """One group of 4: two correct responses at NLL 0.2 per token, two wrong ones at NLL 3.0."""
   mask = jnp.ones((4, 6), jnp.float32)

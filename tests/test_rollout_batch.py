@@ -1,4 +1,4 @@
-"""The train batch the rollout hands the learner: layout of contracts.md, and deterministic fixed-lag runs."""
+"""The train batch the rollout hands the learner: layout of docs/design.md §4, and deterministic fixed-lag runs."""
 import jax
 import numpy as np
 from flax import nnx

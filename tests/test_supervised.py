@@ -1,4 +1,4 @@
-"""Warm-start batches: gold responses laid out as the train batch of contracts.md."""
+"""Warm-start batches: gold responses laid out as the train batch of docs/design.md §4."""
 import types
 
 import numpy as np

@@ -43,7 +43,7 @@ def tiny_config(**overrides):
 
 
 def synthetic_batch(cfg, seed: int, behaviour: bool = False) -> dict[str, np.ndarray]:
-  """A train batch of contracts.md: left-padded prompts, right-padded responses, 0/1 rewards."""
+  """A train batch (docs/design.md §4): left-padded prompts, right-padded responses, 0/1 rewards."""
   rng = np.random.default_rng(seed)
   B = cfg.rollout.prompts_per_step * cfg.rollout.group_size
   Tp, Tr = cfg.rollout.max_prompt_len, cfg.rollout.max_new_tokens

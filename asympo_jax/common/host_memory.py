@@ -1,12 +1,12 @@
 """glibc malloc settings for XLA:CPU's large per-step buffers: `tune_malloc()` first thing in an entry point.
 
 XLA:CPU allocates a computation's temporaries afresh at every execution, through malloc, from a worker
-thread. In the DESIGN §3 `small` train step they are about 6 GB (the [6080, 32000] float32 logits and
-their gradient are 778 MB each). By default glibc gives every allocation over 32 MB its own mmap and
-unmaps it on free, so each step the kernel faults the memory in again and zeroes it:
-- in 4 KB pages that was a quarter of the step (13.8 s against 10.1 s at 78aae14, on the 2-core CI machine);
+thread. In the `small` train step of docs/design.md §10 they are about 6 GB (the [6080, 32000] float32
+logits and their gradient are 778 MB each). By default glibc gives every allocation over 32 MB its own mmap
+and unmaps it on free, so each step the kernel faults the memory in again and zeroes it:
+- in 4 KB pages that fault-and-zero work was about a quarter of the step;
 - in 2 MB transparent huge pages (`glibc.malloc.hugetlb=1`) the faults are 512 times fewer, but zeroing
-  about 7 GB per step still cost 3 to 4 s of system CPU time.
+  the same gigabytes every step still cost seconds of system CPU time.
 
 The tunables set here keep freed memory in the process, so the next step reuses it without a fault:
 - `glibc.malloc.mmap_max=0`: no per-allocation mmaps; large blocks come from the heap;
@@ -16,7 +16,7 @@ The tunables set here keep freed memory in the process, so the next step reuses 
 - `glibc.malloc.hugetlb=1`: the heap is madvise'd for transparent huge pages (where the kernel's mode is
   `madvise`; no effect under `always` or `never`).
 The resident memory then stays at the process's high-water mark instead of falling between steps.
-Measured effect in README.md ("Host memory").
+The measured effect of each tunable: docs/benchmarks.md, "Host memory: glibc malloc tunables".
 
 glibc reads tunables only when a process starts, so the process re-executes itself once with them set.
 Tunables already named in GLIBC_TUNABLES are left as the user set them. Nothing happens outside Linux.

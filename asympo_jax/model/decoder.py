@@ -118,9 +118,8 @@ class Decoder(nnx.Module):
     the cosine and sine into every layer's RoPE (forward and backward) and evaluates them per head and element.
     A decode loop computes it for all its steps before the loop; the train step and the sampler's prefill get
     it from `rope_inputs`, a program of its own, so it reaches theirs as an input, which XLA cannot fuse.
-    DESIGN §3 workloads on this 2-core CPU: the `small` train step took 8.09-8.33 s with them inside, 7.81-8.06
-    s without (best of 4-5 steps, five alternating runs each); in `tiny` generation the prefill's RoPE fusions
-    fell from about 6.3 to 1.4 ms per device (profiles; the whole run is about 330 ms).
+    Both the train step and the prefill got measurably faster on CPU (docs/benchmarks.md, "Why the CPU numbers
+    are what they are").
     """
     cfg = self.cfg
     h = jnp.take(self.embed[...], tokens_BxT, axis=0)

@@ -40,7 +40,7 @@ def token_logprobs(hidden_BxTxD: Array, unembed_DxV: Array, tokens_BxT: Array, c
   """(logprobs_BxT, entropy_BxT), shifted so position t scores token t; chunk > 0 chunks over time.
 
   Only the columns t >= start are scored (the others are 0): a train batch's loss covers its response
-  columns only, and the LM head over the prompt columns would be a third of the DESIGN §3 train step's LM head.
+  columns only, and the LM head over the prompt columns would be a third of the benchmark train step's LM head.
   """
   B, T, D = hidden_BxTxD.shape
   if not 1 <= start < T:

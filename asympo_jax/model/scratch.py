@@ -1,5 +1,5 @@
 """Scratch checkpoints: a byte-level BPE tokenizer trained on a text corpus plus a randomly initialised Qwen3
-decoder of a named size (DESIGN §3), written as a Hugging Face directory. No hub access and no torch needed:
+decoder of a named size (docs/design.md §10), written as a Hugging Face directory. No hub access and no torch needed:
 offline experiments and benchmarks start from `build(path, "tiny", texts)`.
 
     python -m asympo_jax.model.scratch --out runs/scratch_tiny --size tiny --corpus some.txt
@@ -26,7 +26,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# DESIGN §3 benchmark sizes (Qwen3 architecture, tied embeddings).
+# The benchmark sizes of docs/design.md §10 (Qwen3 architecture, tied embeddings).
 SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(vocab_size=512, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
                  intermediate_size=768),

@@ -1,7 +1,7 @@
-"""From prompts to the train batch of contracts.md: sample, decode, score, assemble.
+"""From prompts to the train batch (docs/design.md §4): sample, decode, score, assemble.
 
 `make_build_batch(...)` returns the `build_batch(params, step) -> (batch, info)` that the rollout generator
-(rollout.py) calls on its thread, so decoding and reward scoring happen there, off the learner's critical
+(generator.py) calls on its thread, so decoding and reward scoring happen there, off the learner's critical
 path (except at staleness 0, where the learner waits for the batch anyway).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ RewardFn = Callable[[Sequence[str], Sequence[Any]], np.ndarray]
 def assemble(prompts: Sequence[Sequence[int]], samples: Samples, rewards_B: np.ndarray,
              cfg_rollout: ml_collections.ConfigDict, pad_id: int) -> Batch:
   """The train batch: row p*G + g is the prompt p left-padded to max_prompt_len, then sample g's response
-  right-padded to max_new_tokens. See contracts.md for the fields."""
+  right-padded to max_new_tokens. docs/design.md §4 lists the fields."""
   group, width_p = cfg_rollout.group_size, cfg_rollout.max_prompt_len
   rows = len(prompts) * group
   prompt_BxP = np.full((rows, width_p), pad_id, np.int32)

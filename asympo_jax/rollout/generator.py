@@ -1,8 +1,8 @@
-"""The host-side asynchronous rollout generator (DESIGN §2): one thread, one lagged parameter copy.
+"""The host-side asynchronous rollout generator (docs/design.md §3): one thread, one lagged parameter copy.
 
 The generator knows nothing about models. It calls `build_batch(params, step) -> (batch, info)` on its own
 thread, where `batch` is a dict of arrays whose leading dimension is the number of rows B (the train batch of
-contracts.md) and `info` a dict of scalar metrics (reward mean, response length, ...). The generator adds
+docs/design.md §4) and `info` a dict of scalar metrics (reward mean, response length, ...). The generator adds
 `policy_version` [B] int32 to every batch.
 
 Learner-side API:

@@ -1,8 +1,8 @@
 """Verifiable rewards for batches of outputs, in worker processes with a per-answer deadline.
 
-A reward is 1 when the output's final answer (answers.py: the last \\boxed{}, the "####" line or the final
-number) is equivalent to the gold answer under math-verify (1/2 = 0.5 = \\frac{1}{2}; 1,000 = 1000;
-x=3 = 3), else 0; reasoning-gym problems use the gym's own scorer (scoring.py).
+A reward is 1 when the output's final answer (asympo_jax/data/answers.py: the last \\boxed{}, the "####"
+line or the final number) is equivalent to the gold answer under math-verify (1/2 = 0.5 = \\frac{1}{2};
+1,000 = 1000; x=3 = 3), else 0; reasoning-gym problems use the gym's own scorer (scoring.py).
 
 Why processes: sympy can spend minutes inside one C-level call (10^{10^{10}}), where no signal or thread can
 interrupt it, and math-verify's SIGALRM timeouts only work on a main thread, which the rollout's scoring

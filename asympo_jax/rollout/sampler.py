@@ -5,19 +5,18 @@ shapes only: the batch size is fixed (prompts_per_step * group_size rows) and th
 (powers of two from 16 up to rollout.max_prompt_len). The decode loop is a `lax.while_loop` of at most
 rollout.max_new_tokens steps that exits once every row has finished (EOS or a stop sequence), checked every
 EXIT_CHECK_STEPS steps: with the rows split over devices the check is an all-reduce, and at every token it
-made the devices wait for each other (on 2 CPU devices, `tiny` generation: best runs of 0.328-0.333 s with
-the check at every step, 0.314-0.328 s every 8 steps, in alternating runs). A batch that finishes early thus
-runs at most EXIT_CHECK_STEPS - 1 steps more than it needs; finished rows emit padding, so the samples do not
-change. With no EOS id and no stop sequence no row can end early, and the loop checks nothing (2 CPU
-devices, `tiny`: best runs of 0.331-0.349 s with the check, 0.318-0.332 s without, alternating). The KV
+made the devices wait for each other (measurably slower `tiny` generation on 2 CPU devices). A batch that
+finishes early thus runs at most EXIT_CHECK_STEPS - 1 steps more than it needs; finished rows emit padding, so
+the samples do not change. With no EOS id and no stop sequence no row can end early, and the loop checks
+nothing, so the devices never synchronise inside it. The KV
 cache is allocated inside the jitted function and lives in the loop carry, which XLA updates
 in place, so it is never copied between steps nor held between calls.
 
 Decode segments (rollout.decode_segments = J): attention reads the whole cache, valid slots or not, so the
 prefill writes into a cache as long as the prompt, and the decode loop runs in J segments, each a
 `lax.while_loop` over a cache just long enough for it (`cache_lengths`); the cache grows (one copy) before
-each. Each segment compiles its own loop body. On the DESIGN §3 `tiny` workload J = 2 cut the generate time
-by about 5% (0.41 to 0.39 s, see README.md).
+each. Each segment compiles its own loop body. On the `tiny` generation workload (docs/design.md §10) J = 2
+cut the generate time by about 5%.
 
 Groups: each of the P prompts is prefilled once; its cache and first-token logits are then repeated for its G
 rows, so the prefill costs P rather than P * G rows (about half the embedded default's generate time).

@@ -1,4 +1,4 @@
-"""Supervised batches for the warm start: the gold answer as the response, in the train batch of contracts.md.
+"""Supervised batches for the warm start: the gold answer as the response, in the train batch (docs/design.md §4).
 
 The warm start trains with the `nll` objective through the same trainer loop and train step as RL; only the
 batch builder differs. Instead of sampling, each prompt's response is its gold answer written in the answer

@@ -108,7 +108,7 @@ def rollout_pieces(cfg: ml_collections.ConfigDict, model: Decoder, mesh: Mesh,
 def make_evaluate(cfg: ml_collections.ConfigDict, model: Decoder, tokenizer: Any, score: evaluation.Score,
                   mesh: Mesh, transfer: Callable[[Any], Any]) -> trainer.Evaluate | None:
   """The trainer's periodic eval on cfg.data.eval: summaries as metrics, and (process 0) the results JSON
-  and curves of evaluation.py under cfg.eval.out_dir (default <workdir>/eval), sampling on `mesh` with
+  and curves of asympo_jax/evaluation/scores.py under cfg.eval.out_dir (default <workdir>/eval), sampling on `mesh` with
   parameters that `transfer` put there. None when eval is off."""
   specs = data.split_specs(cfg.data.eval)
   if not specs or cfg.eval.every == 0:
@@ -138,7 +138,8 @@ def make_evaluate(cfg: ml_collections.ConfigDict, model: Decoder, tokenizer: Any
 def run(cfg: ml_collections.ConfigDict, supervised: bool = False) -> trainer.Result:
   """Trains the HF model of cfg.model.hf_path on cfg.data.train (validate the config first).
 
-  `supervised`: the responses are the gold answers (supervised.py) instead of samples; for the warm start.
+  `supervised`: the responses are the gold answers (asympo_jax/rollout/supervised.py) instead of samples;
+  for the warm start.
   """
   mesh = sharding.make_mesh(cfg.mesh, validation.training_devices(cfg))
   model = hf_io.load_model(cfg.model.hf_path, mesh, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,

@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout.top_p = 1.0
   c.rollout.top_k = 0  # 0: off
   c.rollout.record_behaviour_logprobs = False
-  c.rollout.decode_segments = 2  # decode loops, each over a KV cache just long enough for it (sampler.py)
+  c.rollout.decode_segments = 2  # decode loops, each over a KV cache just long enough for it (rollout/sampler.py)
   c.rollout.stop_sequences = []  # token-id lists that end a response (kept in it, like EOS)
   c.rollout.devices = ""  # "": sample on the training devices; "4:8": a disjoint device range
 

@@ -6,7 +6,7 @@ Each phase leaves its result in the run directory, so a killed run resumes where
   <workdir>/                  the RL run (checkpoints, metrics.jsonl, eval/ curves), then summary.json
 
 The warm start is the same trainer loop and train step as RL with the `nll` objective, fed gold answers
-(supervised.py) instead of samples: one prompt per row, at the learning rate of config.warm_start.
+(asympo_jax/rollout/supervised.py) instead of samples: one prompt per row, at the learning rate of config.warm_start.
 """
 from __future__ import annotations
 

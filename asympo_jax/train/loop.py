@@ -30,7 +30,7 @@ from asympo_jax.rollout import generator as rollout
 from asympo_jax.train import step as train_step
 from asympo_jax.train.step import TrainState
 
-# The train batch of contracts.md; anything else a builder returns stays on the host.
+# The train batch of docs/design.md §4; anything else a builder returns stays on the host.
 BATCH_KEYS = ("tokens", "input_mask", "loss_mask", "rewards", "policy_version", "behaviour_logprobs")
 Evaluate = Callable[[nnx.State, int], Mapping[str, float]]
 
@@ -131,7 +131,7 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
           transfer: Callable[[Any], Any] = rollout.copy_params, evaluate: Evaluate | None = None) -> Result:
   """Runs (or resumes) the loop until cfg.train.steps or a stop signal; see the module docstring.
 
-  `build_batch(params, step) -> (batch, info)` samples this process's rows of batch `step` (contracts.md)
+  `build_batch(params, step) -> (batch, info)` samples this process's rows of batch `step` (docs/design.md §4)
   with the generator's copy of the params (made by `transfer`); `evaluate(params, step)` returns eval
   metrics of the params after `step` updates: before training, every cfg.eval.every steps and at the end.
 

@@ -21,7 +21,8 @@ JSONL_NAME = "metrics.jsonl"
 
 def validate(cfg_metrics: ml_collections.ConfigDict) -> None:
   check(not cfg_metrics.wandb_project or importlib.util.find_spec("wandb") is not None,
-        "metrics.wandb_project", "is set but the wandb package is not installed (pip install wandb, or set \"\")")
+        "metrics.wandb_project",
+        "is set but the wandb package is not installed (pip install -e \".[wandb]\", or set \"\")")
 
 
 def read_jsonl(workdir: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Policy objectives (DESIGN §1): the current-policy-only family, the baselines, and their diagnostics.
+"""Policy objectives (docs/design.md §2): the current-policy-only family, the baselines, and their diagnostics.
 
 Every objective is a pure function from `Inputs` to per-response loss numerators `numer_B` and the name
 of the global denominator they share ("responses" or "tokens"). The loss of a (micro-)batch is
@@ -221,7 +221,7 @@ def combine_metrics(a: dict[str, Array], b: dict[str, Array]) -> dict[str, Array
 def finalize_metrics(metrics: dict[str, Array]) -> dict[str, Array]:
   """Adds the metrics that are not additive over micro-batches (ratios), from the combined sums.
 
-  neg_pos_ratio is |neg_loss| / |pos_loss|: DESIGN §1's |neg_loss| / pos_loss where pos_loss > 0 (the
+  neg_pos_ratio is |neg_loss| / |pos_loss|: docs/design.md §5's |neg_loss| / pos_loss where pos_loss > 0 (the
   current-policy family, gpg), and still the sides' size ratio for grpo, whose positive side is negative
   (its per-response loss is -rho * A). 0 when there is no positive side.
   """

@@ -1,7 +1,7 @@
 """The sharded train step: full-batch advantages and denominators, micro-batch gradient accumulation,
 one guarded AdamW update, compiled with explicit in/out shardings and a donated state.
 
-Exactness (DESIGN §1): the objective returns each micro-batch's loss already divided by denominators of the
+Exactness (docs/design.md §2): the objective returns each micro-batch's loss already divided by denominators of the
 *full* batch, so the loss, the gradient and the additive metrics of the whole batch are plain sums over
 micro-batches, and sharding the rows over (data, fsdp) changes nothing but the order of float additions.
 
@@ -58,28 +58,28 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, mesh: Mesh) 
 
 
 def check_batch(batch: Mapping[str, Any], cfg_rollout: ml_collections.ConfigDict) -> None:
-  """Raises ValueError unless a host batch has the layout the step relies on (contracts.md): the fields it
+  """Raises ValueError unless a host batch has the layout the step relies on (docs/design.md §4): the fields it
   reads, T = max_prompt_len + max_new_tokens columns, and loss_mask 0 on the prompt columns. The step scores
   only the last max_new_tokens columns, so a loss token before them would silently drop out of the loss."""
   missing = [k for k in ("tokens", "input_mask", "loss_mask", "rewards") if k not in batch]
   if missing:
-    raise ValueError(f"train batch: missing fields {missing} (contracts.md)")
+    raise ValueError(f"train batch: missing fields {missing} (docs/design.md §4)")
   prompt, response = cfg_rollout.max_prompt_len, cfg_rollout.max_new_tokens
   width = np.shape(batch["tokens"])[1]
   if width != prompt + response:
     raise ValueError(f"train batch: tokens has {width} columns, expected rollout.max_prompt_len + "
-                     f"rollout.max_new_tokens = {prompt} + {response} (contracts.md)")
+                     f"rollout.max_new_tokens = {prompt} + {response} (docs/design.md §4)")
   rows = np.flatnonzero(np.any(np.asarray(batch["loss_mask"])[:, :prompt] != 0, axis=1))
   if rows.size:
     raise ValueError(f"train batch: loss_mask is non-zero in the first rollout.max_prompt_len={prompt} (prompt) "
                      f"columns of rows {rows[:5].tolist()}; responses must sit in the last "
-                     f"rollout.max_new_tokens={response} columns (contracts.md)")
+                     f"rollout.max_new_tokens={response} columns (docs/design.md §4)")
 
 
 def policy_logprobs(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, batch: Batch,
                     chunk: int, response_len: int) -> tuple[jax.Array, jax.Array]:
   """(logprobs_BxT, entropy_BxT) of the batch's own tokens under `params`, on its last `response_len`
-  columns (0 elsewhere): in a train batch (contracts.md) the responses and so the loss are there.
+  columns (0 elsewhere): in a train batch (docs/design.md §4) the responses and so the loss are there.
 
   The RoPE cos and sin come from batch["rope"] when the batch holds them (`make_train_step` adds them).
   """

@@ -11,6 +11,7 @@ from absl import logging as absl_logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from asympo_jax.train import checkpoint
+from tests.train_fixtures import truncate_data_files
 
 
 def _mesh(shape):
@@ -68,3 +69,67 @@ def test_orbax_info_records_are_dropped_and_warnings_kept(monkeypatch):
   assert handler.filter(record(ours, logging.INFO))
   monkeypatch.setattr(absl_logging, "get_verbosity", lambda: absl_logging.DEBUG)  # --verbosity=1
   assert handler.filter(record(orbax_file, logging.INFO))
+
+
+def _w(step):
+  """A distinct array per step."""
+  return jax.random.normal(jax.random.key(step), (4096,))
+
+
+def _target(meta, shape=(4096,)):
+  del meta  # every step here has the same shapes
+  return {"w": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))}
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_kept_and_its_step_saved_again(tmp_path, caplog):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  for step in (1, 2, 3):
+    ckpt.save(step, {"w": _w(step)}, {"step": step})
+  ckpt.close()
+  truncate_data_files(tmp_path / "checkpoints" / "3")
+
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  with caplog.at_level(logging.WARNING):
+    step, state, meta = ckpt.restore_newest_intact(_target)
+  assert (step, meta) == (2, {"step": 2})
+  np.testing.assert_array_equal(state["w"], _w(2))
+  (warning,) = [m for m in caplog.messages if "skipped checkpoint" in m]
+  assert f"{ckpt.directory}/3" in warning and "OUT_OF_RANGE" in warning and "step 2" in warning
+  # Kept for inspection, outside the steps the run sees; its step is saved again, then rotates out normally.
+  assert sorted(os.listdir(tmp_path / "checkpoints_skipped")) == ["3"]
+  assert ckpt.all_steps() == [2]
+  ckpt.save(3, {"w": _w(30)}, {"step": 3})
+  ckpt.save(4, {"w": _w(40)}, {"step": 4})
+  ckpt.close()
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  assert ckpt.all_steps() == [3, 4]
+  assert ckpt.restore_newest_intact(_target)[0] == 4
+  np.testing.assert_array_equal(ckpt.restore(3, _target(None))[0]["w"], _w(30))
+  ckpt.close()
+  assert sorted(os.listdir(tmp_path / "checkpoints_skipped")) == ["3"]
+
+
+def test_a_step_skipped_twice_is_kept_twice(tmp_path):
+  for rerun in range(2):
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+    for step in (1, 2) if rerun == 0 else (2,):
+      ckpt.save(step, {"w": _w(step)}, {"step": step})
+    ckpt.close()
+    truncate_data_files(tmp_path / "checkpoints" / "2")
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+    assert ckpt.restore_newest_intact(_target)[0] == 1
+    ckpt.close()
+  assert sorted(os.listdir(tmp_path / "checkpoints_skipped")) == ["2", "2.1"]
+
+
+def test_when_no_checkpoint_restores_the_error_is_raised_and_nothing_moves(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  for step in (1, 2):
+    ckpt.save(step, {"w": _w(step)}, {"step": step})
+  ckpt.close()
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  with pytest.raises(Exception):  # a run whose model changed shape
+    ckpt.restore_newest_intact(lambda meta: _target(meta, (64, 32)))
+  assert ckpt.all_steps() == [1, 2] and not (tmp_path / "checkpoints_skipped").exists()
+  ckpt.close()
+  assert checkpoint.Checkpointer(str(tmp_path / "empty"), keep=1).restore_newest_intact(_target) is None

@@ -11,6 +11,8 @@ import numpy as np
 import safetensors.numpy
 import pytest
 
+from tests.train_fixtures import truncate_data_files
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -66,6 +68,12 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, cache):
   stopped = _finish(proc)
   assert stopped[2] == "True" and s <= int(stopped[1]) < 2 * s, stopped
   assert stopped[1] in os.listdir(tmp_path / "cut" / "checkpoints")
+  # A kill can land after the checkpoint committed and before its step's record was written: drop that record,
+  # and the resumed run writes it from the checkpoint.
+  jsonl = tmp_path / "cut" / "metrics.jsonl"
+  lines = jsonl.read_text().splitlines(keepends=True)
+  assert json.loads(lines[-1])["step"] == int(stopped[1])
+  jsonl.write_text("".join(lines[:-1]))
 
   resumed = _finish(_start(tmp_path / "cut", 2, *cut_args, cache=cache))
   assert resumed[1:] == [str(2 * s), "False"]
@@ -75,6 +83,26 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, cache):
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   logged = [json.loads(line)["step"] for line in open(tmp_path / "cut" / "metrics.jsonl")]
   assert logged == list(range(1, 2 * s + 1))
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, cache):
+  args = ["train.steps=3", "rollout.staleness=1", "checkpoint.every=1"]
+  whole = _finish(_start(tmp_path, 2, *args, cache=cache))
+  assert whole[1:] == ["3", "False"]
+  want = _params(tmp_path)
+  truncate_data_files(tmp_path / "checkpoints" / "3")
+
+  proc = _start(tmp_path, 2, *args, cache=cache)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-4000:]
+  assert "skipped checkpoint" in out and "resuming from step 2" in out
+  assert os.listdir(tmp_path / "checkpoints_skipped") == ["3"]  # kept for inspection
+  assert "3" in os.listdir(tmp_path / "checkpoints")  # saved again by the resumed run
+  got = _params(tmp_path)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  logged = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+  assert logged == [1, 2, 3]
 
 
 def _free_port():

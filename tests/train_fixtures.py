@@ -1,5 +1,8 @@
-"""Shared test fixtures for the train step and trainer: a tiny Qwen3-style decoder and synthetic batches."""
+"""Shared test fixtures for the train step and trainer: a tiny Qwen3-style decoder, synthetic batches, and a
+checkpoint cut short."""
 from __future__ import annotations
+
+import os
 
 import jax
 import numpy as np
@@ -58,3 +61,12 @@ def synthetic_batch(cfg, seed: int, behaviour: bool = False) -> dict[str, np.nda
   if behaviour:
     batch["behaviour_logprobs"] = np.where(resp, -rng.uniform(2.0, 6.0, resp.shape), 0.0).astype(np.float32)
   return batch
+
+
+def truncate_data_files(step_dir: str | os.PathLike) -> None:
+  """Cuts every data file of a checkpoint's arrays in half, as a kill or a full disk mid-write would (which
+  of orbax's OCDBT files holds an array depends on its size and on the merge of the processes' files)."""
+  for d, _, names in os.walk(os.path.join(step_dir, "state")):
+    for name in names if os.path.basename(d) == "d" else []:
+      path = os.path.join(d, name)
+      os.truncate(path, os.path.getsize(path) // 2)

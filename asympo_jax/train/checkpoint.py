@@ -11,16 +11,19 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+from jax.experimental import multihost_utils
 
 from asympo_jax.common.checks import check
 
 CHECKPOINT_DIR = "checkpoints"
+SKIPPED_DIR = "checkpoints_skipped"  # where checkpoints that failed to restore are kept for inspection
 
 
 def validate(cfg_checkpoint: ml_collections.ConfigDict) -> None:
@@ -44,12 +47,29 @@ def quiet_orbax_info_logs() -> None:
     handler.addFilter(OrbaxInfoFilter())
 
 
+def any_process(flag: bool) -> bool:
+  """True on every process when any process has `flag` (a signal, or a failed read, reaches them one by one)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _reason(error: BaseException) -> str:
+  """The root cause of a failed restore, in one line: tensorstore wraps its OUT_OF_RANGE or DATA_LOSS in an
+  error that spells out the whole store spec."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  first = (str(error).strip().splitlines() or [""])[0]
+  return f"{type(error).__name__}: {first[:300]}"
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a run under `workdir/checkpoints/<step>`."""
 
   def __init__(self, workdir: str, keep: int):
     quiet_orbax_info_logs()
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self.skipped_directory = os.path.abspath(os.path.join(workdir, SKIPPED_DIR))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
@@ -72,6 +92,50 @@ class Checkpointer:
 
   def restore_meta(self, step: int) -> dict[str, Any]:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore_newest_intact(self, abstract_state: Callable[[dict[str, Any]], Any]
+                            ) -> tuple[int, Any, dict[str, Any]] | None:
+    """(step, state, meta) of the newest checkpoint that restores, or None when the run has none.
+
+    `abstract_state(meta)` gives the restore target of a checkpoint from its meta. A newer checkpoint that
+    fails to restore (a truncated or missing file: a kill or a full disk mid-write) is logged with the
+    reason and moved to `workdir/checkpoints_skipped/<step>`: kept for inspection, and out of the way of the
+    resumed run, which saves that step again. When no checkpoint restores, the newest one's error is raised
+    and nothing moves: every checkpoint failing points at the run (a changed model, say), not at one file.
+    """
+    failed: list[tuple[int, Exception]] = []
+    for step in sorted(self.all_steps(), reverse=True):
+      error = None
+      try:
+        state, meta = self.restore(step, abstract_state(self.restore_meta(step)))
+      except Exception as e:  # noqa: BLE001 -- tensorstore and orbax raise plain Exceptions for bad files
+        error = e
+      if any_process(error is not None):  # every process resumes from the same step
+        failed.append((step, error or RuntimeError("failed to restore on another process")))
+        continue
+      for bad, bad_error in failed:
+        self._set_aside(bad, f"it does not restore ({_reason(bad_error)}); resuming from step {step} instead")
+      if failed:
+        if jax.process_count() > 1:
+          multihost_utils.sync_global_devices("asympo_jax: skipped checkpoints set aside")
+        self._manager.reload()
+      return step, state, meta
+    if failed:
+      raise failed[0][1]
+    return None
+
+  def _set_aside(self, step: int, why: str) -> None:
+    """Moves the checkpoint of `step` under `skipped_directory` (process 0; a step skipped again gets a
+    suffix), and says so."""
+    if jax.process_index() != 0:
+      return
+    os.makedirs(self.skipped_directory, exist_ok=True)
+    target, suffix = os.path.join(self.skipped_directory, str(step)), 1
+    while os.path.exists(target):
+      target, suffix = os.path.join(self.skipped_directory, f"{step}.{suffix}"), suffix + 1
+    os.replace(os.path.join(self.directory, str(step)), target)
+    absl_logging.warning("skipped checkpoint %s/%d: %s; moved to %s for inspection", self.directory, step, why,
+                         target)
 
   def close(self) -> None:
     self._manager.wait_until_finished()

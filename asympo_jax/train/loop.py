@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from asympo_jax.train import checkpoint
@@ -71,17 +70,19 @@ class _Run:
     self.ckpt = checkpoint.Checkpointer(cfg.workdir, cfg.checkpoint.keep)
 
   # ---------------------------------------------------------------- checkpoints
-  def restore(self) -> int:
-    """Loads the newest checkpoint if the run directory has one; returns the completed steps."""
-    step = self.ckpt.latest_step()
-    if step is None:
-      return 0
-    meta = self.ckpt.restore_meta(step)
-    pending_abstract = {str(t): {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=self.rows)
-                                 for k, (shape, dtype) in spec.items()}
-                        for t, spec in meta["pending_spec"].items()}
-    target = {"train": checkpoint.abstract(self.state), "pending": pending_abstract}
-    restored, meta = self.ckpt.restore(step, target)
+  def restore(self) -> tuple[int, dict[str, float] | None]:
+    """Loads the newest intact checkpoint if the run directory has one; returns the completed steps and
+    the metrics record of that step as the checkpoint holds it."""
+    def target(meta: dict[str, Any]) -> dict[str, Any]:
+      pending = {str(t): {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=self.rows)
+                          for k, (shape, dtype) in spec.items()}
+                 for t, spec in meta["pending_spec"].items()}
+      return {"train": checkpoint.abstract(self.state), "pending": pending}
+
+    found = self.ckpt.restore_newest_intact(target)
+    if found is None:
+      return 0, None
+    step, restored, meta = found
     if meta["rng"] != self.rng:
       raise ValueError(f"{self.ckpt.directory}/{step}: written with another config.seed than "
                        f"{self.cfg.seed}; use a new workdir for a new seed")
@@ -91,9 +92,9 @@ class _Run:
     self.state = restored["train"]
     self.pending = {int(t): (batch, meta["pending_info"][t]) for t, batch in restored["pending"].items()}
     logging.info("resumed from step %d (%d batches already sampled)", step, len(self.pending))
-    return step
+    return step, meta.get("record")
 
-  def save(self, step: int, gen: rollout.RolloutGenerator) -> None:
+  def save(self, step: int, gen: rollout.RolloutGenerator, record: Mapping[str, float]) -> None:
     # Take the batches already sampled for the next steps out of the generator, so they can be saved.
     last = min(step + self.cfg.rollout.staleness, self.cfg.train.steps)
     for t in range(step, last):
@@ -106,7 +107,9 @@ class _Run:
     meta = {"step": step, "data_position": position, "rng": self.rng, "config": self.cfg.to_dict(),
             "pending_spec": {t: {k: (list(v.shape), v.dtype.name) for k, v in b.items()}
                              for t, (b, _) in pending.items()},
-            "pending_info": {t: info for t, (_, info) in pending.items()}}
+            "pending_info": {t: info for t, (_, info) in pending.items()},
+            # The metrics record of this step, for a resumed run whose predecessor died before writing it.
+            "record": {k: float(v) for k, v in record.items()}}
     self.ckpt.save(step, {"train": self.state, "pending": {t: b for t, (b, _) in pending.items()}}, meta)
 
 
@@ -118,13 +121,6 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     else:
       out[f"{prefix}{k}"] = v
   return out
-
-
-def _any_process(flag: bool) -> bool:
-  """True on every process when any process has `flag` (a signal reaches processes one by one)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_batch: rollout.BuildFn, *,
@@ -139,10 +135,11 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
   (and the eval of theta_s); record 0 holds only the eval of the initial params.
   """
   run = _Run(cfg, mesh, model)
-  start = run.restore()
+  start, start_record = run.restore()
   total = cfg.train.steps
   is_main = jax.process_index() == 0
-  writer = metrics.MetricsWriter(cfg.workdir, cfg.metrics, cfg.to_dict(), is_main, start_step=start)
+  writer = metrics.MetricsWriter(cfg.workdir, cfg.metrics, cfg.to_dict(), is_main, start_step=start,
+                                 checkpoint_record=start_record)
   bar = metrics.ProgressBar(start, total, enabled=is_main and cfg.metrics.progress_bar)
   step_fn = train_step.make_train_step(cfg, run.graphdef, run.rest, run.tx, run.schedule, mesh, run.shardings)
   stats = jax.jit(_batch_metrics)
@@ -182,10 +179,10 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
                       "throughput/response_tokens_per_s": scalars["response/tokens"] / (t3 - t0)})
       if evaluating and (step % cfg.eval.every == 0 or step == total):
         scalars.update(eval_metrics(step))
-      stopped = _any_process(stop.is_set())
+      stopped = checkpoint.any_process(stop.is_set())
       if stopped or step == total or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
         t5 = time.perf_counter()
-        run.save(step, gen)
+        run.save(step, gen, scalars)
         scalars["time/checkpoint"] = time.perf_counter() - t5
       writer.write(step, scalars)
       bar.update(scalars)

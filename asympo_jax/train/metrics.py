@@ -31,37 +31,68 @@ def read_jsonl(workdir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def _truncate_from(path: str, start_step: int) -> None:
-  # A run killed after its last checkpoint has logged steps that the resumed run logs again.
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    keep = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
-  with open(path, "w") as f:
-    f.writelines(keep)
+def resumed_lines(lines: list[str], start_step: int, source: str = JSONL_NAME) -> list[str]:
+  """The lines of a metrics.jsonl that a run starting after `start_step` completed steps keeps.
+
+  A fresh start (start_step 0) keeps none: a run killed before its first checkpoint logs everything again.
+  A resumed run keeps the records of the steps up to its checkpoint's; those after it come from the killed
+  run and are logged again. A last line cut short by a kill mid-write is dropped.
+  """
+  if start_step == 0:
+    return []
+  kept = []
+  for number, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      step = json.loads(line)["step"]
+    except json.JSONDecodeError as e:
+      if number == len(lines) - 1 and not line.endswith("\n"):
+        break  # a kill mid-write
+      raise ValueError(f"{source}:{number + 1}: not a JSON record ({e}); only a cut last line is dropped") from e
+    if step <= start_step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  return kept
 
 
 class MetricsWriter:
-  """Writes one record per step. `start_step` > 0 (a resumed run) drops JSONL records after that step."""
+  """Writes one record per step.
+
+  `start_step` > 0 resumes a run from the checkpoint of that step: the JSONL keeps the records up to it
+  (`resumed_lines`). `checkpoint_record` is the record of step start_step as the checkpoint holds it; it is
+  logged when the killed run died before writing it (the save starts before the record is written). A
+  fresh start (start_step 0) starts the JSONL afresh.
+  """
 
   def __init__(self, workdir: str, cfg_metrics: ml_collections.ConfigDict, config: Mapping[str, Any],
-               is_main: bool, start_step: int = 0):
+               is_main: bool, start_step: int = 0, checkpoint_record: Mapping[str, float] | None = None):
     self._on = is_main
     self._tb = self._wandb = self._jsonl = None
     if not self._on:
       return
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, JSONL_NAME)
-    _truncate_from(path, start_step)
+    lines = []
+    if os.path.exists(path):
+      with open(path) as f:
+        lines = resumed_lines(f.readlines(), start_step, path)
+    with open(path + ".tmp", "w") as f:
+      f.writelines(lines)
+    os.replace(path + ".tmp", path)  # a kill now leaves the old file or the new one, never a cut one
+    missing = start_step > 0 and checkpoint_record is not None and not any(
+        json.loads(line)["step"] == start_step for line in lines)
     self._jsonl = open(path, "a")
     if cfg_metrics.tensorboard:
       import tensorboardX
-      purge = start_step + 1 if start_step else None  # TensorBoard hides the dropped records too
+      # TensorBoard hides the events from the first step this run writes on, which the killed run wrote too.
+      purge = start_step if start_step == 0 or missing else start_step + 1
       self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
     if cfg_metrics.wandb_project:
       import wandb
       self._wandb = wandb.init(project=cfg_metrics.wandb_project, config=dict(config), dir=workdir,
                                name=os.path.basename(os.path.abspath(workdir)), resume="allow")
+    if missing:
+      self.write(start_step, checkpoint_record)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._on:

@@ -123,6 +123,8 @@ LOADERS: dict[str, Callable[[Checkpoint, ml_collections.ConfigDict, Mesh], tuple
 
 def configure(ckpt: Checkpoint) -> ml_collections.ConfigDict:
   """--config, else the run's config, else base_config(); then the flags' overrides."""
+  if FLAGS.config is not None:
+    config_lib.validate_keys(FLAGS.config)
   cfg = FLAGS.config if FLAGS.config is not None else run_config(ckpt) or config_lib.base_config()
   overrides = {"eval.samples": FLAGS.samples, "eval.batch_size": FLAGS.batch_size,
                "eval.temperature": FLAGS.temperature, "data.max_eval_problems": FLAGS.max_problems,
@@ -183,4 +185,4 @@ def main(argv):
 if __name__ == "__main__":
   from asympo_jax.common import host_memory
   host_memory.tune_malloc()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

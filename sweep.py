@@ -10,6 +10,7 @@ import sys
 
 from absl import app, flags
 
+from asympo_jax.run import config as config_lib
 from asympo_jax.run import grid as sweep
 
 flags.DEFINE_string("config", None, "config file for every run", required=True)
@@ -27,6 +28,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unexpected arguments {unknown}")
   axes = [sweep.parse_axis(a) for a in FLAGS.grid]
+  config_lib.check_override_keys(config_lib.override_keys(argv) + [key for key, _ in axes])  # before any run
   train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
   rows = sweep.sweep(train_py, FLAGS.config, axes, FLAGS.root, FLAGS.facet, FLAGS.collapse_drop, extra, FLAGS.out)
   out = FLAGS.out or FLAGS.root

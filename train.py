@@ -7,6 +7,8 @@ asympo_jax/train/loop.py, summary. SIGTERM or Ctrl-C saves a checkpoint and stop
 from absl import app, logging
 from ml_collections import config_flags
 
+from asympo_jax.run import config as config_lib
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file (configs/*.py)", lock_config=True)
 
 
@@ -32,4 +34,4 @@ if __name__ == "__main__":
   from asympo_jax.common import host_memory
   host_memory.tune_malloc()
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

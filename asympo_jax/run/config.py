@@ -6,9 +6,14 @@ before anything is compiled. Each section's value checks live with the code that
 """
 from __future__ import annotations
 
-import ml_collections
+import re
+from typing import Sequence
 
-from asympo_jax.common.checks import ConfigError, check, unknown_keys  # noqa: F401 -- ConfigError for callers of validate_keys
+import ml_collections
+from absl import app
+
+from asympo_jax.common.checks import ConfigError  # noqa: F401 -- for callers of validate_keys
+from asympo_jax.common.checks import known_keys, refuse_unknown, unknown_keys
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -116,5 +121,29 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def validate_keys(cfg: ml_collections.ConfigDict) -> None:
-  bad = unknown_keys(cfg, base_config())
-  check(not bad, bad[0] if bad else "", f"unknown key(s) {', '.join('config.' + b for b in bad)}")
+  """Refuses the keys of `cfg` that the schema lacks (a typo in a config file), naming the nearest known key."""
+  schema = base_config()
+  refuse_unknown(unknown_keys(cfg, schema), known_keys(schema))
+
+
+# --config.KEY=VALUE, --config.KEY VALUE, --config.FLAG, --noconfig.FLAG; KEY may end in list indices ([0]).
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=\[]+)")
+
+
+def check_override_keys(keys: Sequence[str]) -> None:
+  """Refuses dotted keys (command-line overrides, sweep axes) that the schema lacks, naming the nearest known
+  key; ml_collections would fail on them with a bare AttributeError."""
+  refuse_unknown(keys, known_keys(base_config()))
+
+
+def override_keys(argv: Sequence[str]) -> list[str]:
+  """The keys of the --config.KEY flags in `argv` (arguments after a bare "--" are not flags)."""
+  args = list(argv[1:])
+  args = args[:args.index("--")] if "--" in args else args
+  return [m.group(1) for m in map(_OVERRIDE.match, args) if m]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (app.run's flags_parser) once every --config.KEY override names a known key."""
+  check_override_keys(override_keys(argv))
+  return app.parse_flags_with_usage(argv)

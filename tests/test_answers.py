@@ -44,3 +44,24 @@ def test_gsm8k_line_and_final_number():
 def test_final_number_finds_the_last_integer(number, filler):
   filler = "".join(c for c in filler if not c.isdigit() and c not in "-.,")
   assert answers.final_number(f"7 {filler} {number}") == str(number)
+
+
+# Unbraced content: no "$", line end or backslash-box marker inside.
+unbraced = st.text(st.characters(blacklist_characters="{}\\#$\n"), max_size=40)
+
+
+@given(before=plain_text, content=unbraced.filter(lambda c: c.strip()), closing=st.sampled_from(["$", "$.", "\n", ""]),
+       after=plain_text)
+def test_an_unbraced_box_reads_up_to_the_dollar_or_the_line_end(before, content, closing, after):
+  text = f"{before}\\boxed {content}{closing}{after if closing else ''}"
+  assert answers.last_boxed(text, max_chars=10_000) == content.strip()
+
+
+def test_unbraced_boxes_as_math_solutions_write_them():
+  assert answers.last_boxed("so the answer is $\\boxed 5$.") == "5"
+  assert answers.last_boxed("Thus $x = \\boxed 12$") == "12"
+  assert answers.last_boxed("\\fbox  -3/4\nmore text") == "-3/4"
+  assert answers.extract_answer("The total is $\\boxed 7$ apples, not 9") == "7"
+  assert answers.last_boxed("$\\boxed $") is None  # empty
+  assert answers.last_boxed("\\boxedfoo 5") is None  # another command
+  assert answers.last_boxed("\\boxed " + "9" * 20, max_chars=10) is None  # over max_chars

@@ -72,11 +72,44 @@ def test_an_unreadable_record_names_the_file_and_line(tmp_path):
     data.load(f"file:{path}?question=question&answer=answer")
 
 
-def test_a_record_without_a_gold_answer_names_the_line(tmp_path):
+def test_records_without_a_readable_gold_answer_are_skipped_and_counted(tmp_path, caplog):
+  path = tmp_path / "mixed.jsonl"
+  _write_jsonl(path, [{"q": "a", "sol": "so \\boxed{2}"}, {"q": "b", "sol": "no box here"},
+                      {"q": "c", "sol": "as MATH writes it: $\\boxed 5$."}, {"q": "d", "sol": "\\boxed{"}])
+  spec = f"file:{path}?question=q&answer=sol&format=boxed"
+  with caplog.at_level("WARNING"):
+    problems = data.load(spec)
+  assert [(p.question, p.answer, p.id) for p in problems] == [("a", "2", "0"), ("c", "5", "2")]
+  (warning,) = [m for m in caplog.messages if "skipped" in m]
+  assert "skipped 2 of 4 records" in warning and f"{path}:2: no gold answer" in warning
+  with pytest.raises(data.DataError, match=rf"{path}:2: no gold answer in field 'sol' \(format 'boxed'\)"):
+    data.load(spec + "&strict=1")
+
+
+def test_a_file_with_no_readable_gold_answer_fails(tmp_path):
   path = tmp_path / "bad.jsonl"
   _write_jsonl(path, [{"question": "a", "answer": "no marker here"}])
-  with pytest.raises(data.DataError, match=rf"{path}:1: no gold answer"):
+  with pytest.raises(data.DataError, match=rf"no record has a gold answer that reads as format 'gsm8k'; first: "
+                                           rf"{path}:1: no gold answer"):
     data.load(f"file:{path}?question=question&answer=answer&format=gsm8k")
+
+
+@pytest.mark.parametrize("spec, name", [
+    ("gsm8k_test", "gsm8k_test"),
+    ("math500_test?where.level=4|5", "math500_test_where.level_4_5"),
+    ("math500_test?strict=1", "math500_test"),
+    ("file:/data/my set.jsonl?question=q&answer=a", "my_set"),
+    ("gym:basic_arithmetic?min_terms=2&max_terms=2&operators=('+','-')&size=200&seed=2", "basic_arithmetic"),
+    ("gym:basic_arithmetic?size=200&seed=2&name=arith.held-out", "arith.held-out"),
+])
+def test_spec_names_are_short(spec, name):
+  assert data.spec_name(spec) == name
+
+
+def test_name_and_strict_do_not_reach_the_loaders():
+  named = data.load("gym:chain_sum?size=5&seed=1&name=sums")
+  assert [p.question for p in named] == [p.question for p in data.load("gym:chain_sum?size=5&seed=1")]
+  assert len(data.load("gsm8k_test?strict=1&name=gsm")) == 1319
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -87,9 +120,13 @@ def test_a_record_without_a_gold_answer_names_the_line(tmp_path):
     ("gym:no_such_task", "reasoning-gym refused"),
     ("gym:chain_sum?size", "not key=value"),
     ("math500_test?where.level=7", r"no record passes the filter; values found \(level: \['1', '2', '3', '4', '5'\]\)"),
-    ("math500_test?level=5", r"a named benchmark takes only where.<field>=a\|b filters, not \['level'\]"),
+    ("math500_test?level=5", r"a named benchmark takes only where.<field>=a\|b filters, name= and strict=, "
+                             r"not \['level'\]"),
     ("gsm8k_test?where.level=5", r"gsm8k_test.jsonl:1: missing field 'level' \(where.level\)"),
-    ("gym:chain_sum?where.x=1", "filters apply to benchmarks and files"),
+    ("gym:chain_sum?where.x=1", "filters and strict= apply to benchmarks and files"),
+    ("gym:chain_sum?strict=1", "filters and strict= apply to benchmarks and files"),
+    ("gsm8k_test?strict=yes", "strict='yes'; use strict=1"),
+    ("gsm8k_test?name=a/b", "name='a/b' must be letters, digits"),
 ])
 def test_bad_specs_fail_clearly(spec, message):
   with pytest.raises(data.DataError, match=message):
@@ -145,6 +182,12 @@ def test_validate_names_the_key():
       data.validate(cfg)
   cfg = config.base_config()
   cfg.data.train = "math500_test?where.level=4|5"
+  data.validate(cfg)
+  cfg = config.base_config()
+  cfg.data.eval = "gym:chain_sum?size=5&seed=1,gym:chain_sum?size=5&seed=2"
+  with pytest.raises(config.ConfigError, match=r"config.data.eval: several eval sets are named \['chain_sum'\]"):
+    data.validate(cfg)
+  cfg.data.eval = "gym:chain_sum?size=5&seed=1,gym:chain_sum?size=5&seed=2&name=chain_sum_2"
   data.validate(cfg)
   cfg = config.base_config()
   cfg.data.template = "fancy"

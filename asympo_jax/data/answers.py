@@ -16,18 +16,22 @@ _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
 def last_boxed(text: str, max_chars: int = 1000) -> str | None:
   """Content of the last \\boxed{...} or \\fbox{...}, or None when absent, unclosed or longer than max_chars.
 
-  Only the last occurrence is considered: an unclosed last box means the output was cut off, and searching
-  earlier boxes would make hostile inputs quadratic.
+  Without braces (`\\boxed 5`, which some MATH solutions write and verl's extractor reads), the content runs
+  from the space to the next "$" or line end. Only the last occurrence is considered: an unclosed last box
+  means the output was cut off, and searching earlier boxes would make hostile inputs quadratic.
   """
   start = max(text.rfind(command) for command in BOXED_COMMANDS)
   if start < 0:
     return None
   command = next(c for c in BOXED_COMMANDS if text.startswith(c, start))
-  brace = start + len(command)
+  after = start + len(command)
+  brace = after
   while brace < len(text) and text[brace] == " ":
     brace += 1
-  if brace >= len(text) or text[brace] != "{":
+  if brace >= len(text):
     return None
+  if text[brace] != "{":
+    return _unbraced(text, brace, max_chars) if brace > after else None  # `\\boxedfoo` is another command
   depth = 0
   stop = min(len(text), brace + max_chars + 2)
   for end in range(brace, stop):
@@ -39,6 +43,16 @@ def last_boxed(text: str, max_chars: int = 1000) -> str | None:
       if depth == 0:
         return text[brace + 1:end].strip()
   return None
+
+
+def _unbraced(text: str, begin: int, max_chars: int) -> str | None:
+  """The content of `\\boxed 5`: from `begin` to the next "$" or line end, at most max_chars long."""
+  window = text[begin:begin + max_chars + 1]
+  ends = [i for i in (window.find("$"), window.find("\n")) if i >= 0]
+  end = min(ends) if ends else len(window)
+  if end > max_chars:
+    return None
+  return window[:end].strip() or None
 
 
 def gsm8k_final(text: str, max_chars: int = 1000) -> str | None:

@@ -12,6 +12,11 @@ separated by commas):
   math500_test?where.level=4|5                 a benchmark or file keeping only the records whose field
                                                (here `level`) reads as one of the |-separated values
 
+Every spec also takes `name=` (the eval metrics' and results files' name: eval/<name>/greedy_accuracy; by
+default the benchmark's name, the file's stem or the gym task's, followed by any where. filters), and a
+benchmark or file spec takes `strict=1`: a record whose gold answer cannot be read then stops the load
+instead of being skipped with a warning.
+
 Named benchmarks read the local files in config.data.dir (default: the repo's own data/math, see
 DEFAULT_DATA_DIR); with config.data.hub they come from the Hugging Face hub through datasets.load_dataset
 instead. The hub path needs network access, which the machines this was built on do not have: it is written
@@ -23,12 +28,14 @@ import ast
 import dataclasses
 import json
 import pathlib
+import re
 import urllib.parse
 from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 import numpy as np
 import reasoning_gym
+from absl import logging
 
 from asympo_jax.data import answers
 from asympo_jax.data import prompts
@@ -105,6 +112,10 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
+class NoGoldAnswer(DataError):
+  """A record whose gold answer cannot be read in its format."""
+
+
 def to_problem(record: Mapping[str, Any], fields: Fields, source: str, where: str, number: int) -> Problem:
   """One record as a Problem; `where` ("file:line") prefixes every error."""
   if not isinstance(record, Mapping):
@@ -115,7 +126,7 @@ def to_problem(record: Mapping[str, Any], fields: Fields, source: str, where: st
       raise DataError(f"{where}: missing field {name!r} ({role}); the record has {sorted(record)}")
   answer = ANSWER_FORMATS[fields.format](_as_text(record[fields.answer]))
   if answer is None:
-    raise DataError(f"{where}: no gold answer in field {fields.answer!r} (format {fields.format!r})")
+    raise NoGoldAnswer(f"{where}: no gold answer in field {fields.answer!r} (format {fields.format!r})")
   return Problem(
       question=_as_text(record[fields.question]),
       answer=answer,
@@ -149,27 +160,66 @@ def _records(path: pathlib.Path) -> Iterable[tuple[str, Any]]:
 Filter = Mapping[str, frozenset[str]]  # record field -> the values (as text) a kept record may have there
 
 WHERE = "where."  # the prefix of filter options: where.level=4|5
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a metric-key component and a file name
 
 
-def split_filter(options: Mapping[str, str]) -> tuple[dict[str, str], Filter]:
-  """A spec's options without its `where.<field>=a|b` filters, and those filters."""
-  rest = {k: v for k, v in options.items() if not k.startswith(WHERE)}
-  return rest, {k[len(WHERE):]: frozenset(v.split("|")) for k, v in options.items() if k.startswith(WHERE)}
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A dataset spec, parsed (see the module docstring)."""
+  kind: str  # "benchmark", "file" or "gym"
+  target: str  # the benchmark's name, the file's path or the gym task
+  options: Mapping[str, str]  # the kind's own options: a file's fields, a gym task's config
+  keep: Filter
+  name: str
+  strict: bool
 
 
-def benchmark_filter(spec: str) -> Filter:
-  """The filters of a named-benchmark spec (`name?where.<field>=a|b&...`), which takes no other option."""
-  options, keep = split_filter(parse_options(spec.partition("?")[2], spec))
-  if options:
-    raise DataError(f"{spec}: a named benchmark takes only {WHERE}<field>=a|b filters, not {sorted(options)}")
-  return keep
+def parse_spec(spec: str) -> Spec:
+  """Checks a spec's syntax and options without loading anything; DataError names what is wrong."""
+  kind, _, rest = spec.partition(":") if spec.startswith(("file:", "gym:")) else ("benchmark", "", spec)
+  target, _, query = rest.partition("?")
+  options = parse_options(query, spec)
+  name, strict = options.pop("name", None), options.pop("strict", "0")
+  filters = {k: v for k, v in options.items() if k.startswith(WHERE)}
+  options = {k: v for k, v in options.items() if not k.startswith(WHERE)}
+  if strict not in ("0", "1"):
+    raise DataError(f"{spec}: strict={strict!r}; use strict=1 (refuse unreadable gold answers) or strict=0")
+  if kind == "benchmark":
+    if target not in BENCHMARKS:
+      raise DataError(f"unknown dataset spec {spec!r}: not a benchmark ({', '.join(BENCHMARKS)}) "
+                      "and not file:... or gym:...")
+    if options:
+      raise DataError(f"{spec}: a named benchmark takes only {WHERE}<field>=a|b filters, name= and strict=, "
+                      f"not {sorted(options)}")
+  elif kind == "file":
+    unknown = set(options) - {f.name for f in dataclasses.fields(Fields)}
+    if unknown or not {"question", "answer"} <= set(options):
+      raise DataError(f"{spec}: a file spec needs question= and answer= (and may give format, solution, id, "
+                      f"{WHERE}<field>, name, strict); unknown keys: {sorted(unknown)}")
+  elif filters or strict == "1":
+    raise DataError(f"{spec}: {WHERE}<field> filters and strict= apply to benchmarks and files; a gym task is "
+                    "narrowed by its own config keys, and its answers are generated, never read")
+  if name is None:
+    base = pathlib.Path(target).stem if kind == "file" else target
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base + "".join(f"_{k}={v}" for k, v in filters.items())).strip("_")
+  elif not _NAME.fullmatch(name):
+    raise DataError(f"{spec}: name={name!r} must be letters, digits, '_', '.' or '-' (it names metrics and files)")
+  keep = {k[len(WHERE):]: frozenset(v.split("|")) for k, v in filters.items()}
+  return Spec(kind, target, options, keep, name, strict == "1")
 
 
-def _problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str, keep: Filter) -> list[Problem]:
+def spec_name(spec: str) -> str:
+  """The name of a spec's eval metrics (eval/<name>/greedy_accuracy) and results files."""
+  return parse_spec(spec).name
+
+
+def _problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str, keep: Filter,
+              strict: bool = False) -> list[Problem]:
   """The rows ((location, record) pairs) that pass `keep`, as Problems. A record's id defaults to its number
-  in the whole file, so filtering does not renumber problems."""
+  in the whole file, so filtering does not renumber problems. A record whose gold answer cannot be read is
+  skipped and counted in a warning, or stops the load when `strict`."""
   seen: dict[str, set[str]] = {field: set() for field in keep}
-  problems = []
+  problems, unread = [], []
   for number, (where, record) in enumerate(rows):
     if keep and isinstance(record, Mapping):
       missing = sorted(set(keep) - set(record))
@@ -180,25 +230,37 @@ def _problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str, keep
         seen[field].add(value)
       if not all(values[field] in allowed for field, allowed in keep.items()):
         continue
-    problems.append(to_problem(record, fields, source, where, number))
-  if keep and not problems:
+    try:
+      problems.append(to_problem(record, fields, source, where, number))
+    except NoGoldAnswer as e:
+      if strict:
+        raise
+      unread.append(e)
+  if keep and not problems and not unread:
     found = "; ".join(f"{field}: {sorted(values)[:20]}" for field, values in seen.items())
     raise DataError(f"{source}: no record passes the filter; values found ({found})")
+  if unread and not problems:
+    raise DataError(f"{source}: no record has a gold answer that reads as format {fields.format!r}; first: {unread[0]}")
+  if unread:
+    logging.warning("%s: skipped %d of %d records whose gold answer cannot be read (first: %s); add strict=1 to "
+                    "the spec to stop at them instead", source, len(unread), len(unread) + len(problems), unread[0])
   return problems
 
 
-def load_file(path: str | pathlib.Path, fields: Fields, source: str, keep: Filter | None = None) -> list[Problem]:
+def load_file(path: str | pathlib.Path, fields: Fields, source: str, keep: Filter | None = None,
+              strict: bool = False) -> list[Problem]:
   if fields.format not in ANSWER_FORMATS:
     raise DataError(f"{source}: unknown answer format {fields.format!r}; known: {sorted(ANSWER_FORMATS)}")
-  return _problems(_records(pathlib.Path(path)), fields, source, keep or {})
+  return _problems(_records(pathlib.Path(path)), fields, source, keep or {}, strict)
 
 
-def load_hub(benchmark: Benchmark, source: str, keep: Filter | None = None) -> list[Problem]:
+def load_hub(benchmark: Benchmark, source: str, keep: Filter | None = None, strict: bool = False) -> list[Problem]:
   import datasets  # heavy to import and only needed online
 
   rows = datasets.load_dataset(benchmark.hub_id, benchmark.hub_config, split=benchmark.hub_split)
   where = f"{benchmark.hub_id}[{benchmark.hub_split}]"
-  return _problems(((f"{where} row {i}", row) for i, row in enumerate(rows)), benchmark.fields, source, keep or {})
+  return _problems(((f"{where} row {i}", row) for i, row in enumerate(rows)), benchmark.fields, source, keep or {},
+                   strict)
 
 
 def _literal(text: str) -> Any:
@@ -244,34 +306,21 @@ def parse_options(query: str, spec: str) -> dict[str, str]:
 
 def load(spec: str, data_dir: str | pathlib.Path = "", hub: bool = False, limit: int = 0) -> list[Problem]:
   """The problems of one spec (see the module docstring), the first `limit` of them when limit > 0."""
-  kind, _, rest = spec.partition(":") if spec.startswith(("file:", "gym:")) else ("", "", spec)
-  target, _, query = rest.partition("?")
-  options, keep = split_filter(parse_options(query, spec))
-  if kind == "file":
-    unknown = set(options) - {f.name for f in dataclasses.fields(Fields)}
-    if unknown or not {"question", "answer"} <= set(options):
-      raise DataError(f"{spec}: a file spec needs question= and answer= (and may give format, solution, id, "
-                      f"{WHERE}<field>); unknown keys: {sorted(unknown)}")
-    problems = load_file(target, Fields(**options), spec, keep)
-  elif kind == "gym":
-    if keep:
-      raise DataError(f"{spec}: {WHERE}<field> filters apply to benchmarks and files; a gym task is narrowed "
-                      "by its own config keys")
-    problems = load_gym(target, {k: _literal(v) for k, v in options.items()}, spec)
-  elif target in BENCHMARKS:
-    benchmark = BENCHMARKS[target]
-    keep = benchmark_filter(spec)  # refuses any other option
+  parsed = parse_spec(spec)
+  if parsed.kind == "file":
+    problems = load_file(parsed.target, Fields(**parsed.options), spec, parsed.keep, parsed.strict)
+  elif parsed.kind == "gym":
+    problems = load_gym(parsed.target, {k: _literal(v) for k, v in parsed.options.items()}, spec)
+  else:
+    benchmark = BENCHMARKS[parsed.target]
     if hub:
-      problems = load_hub(benchmark, spec, keep)
+      problems = load_hub(benchmark, spec, parsed.keep, parsed.strict)
     elif not benchmark.local_file:
       raise DataError(f"{spec}: no local copy of this benchmark; it loads from the hub "
                       f"({benchmark.hub_id}) with config.data.hub=True on a machine with network access")
     else:
       problems = load_file(pathlib.Path(data_dir or DEFAULT_DATA_DIR) / benchmark.local_file,
-                           benchmark.fields, spec, keep)
-  else:
-    raise DataError(f"unknown dataset spec {spec!r}: not a benchmark ({', '.join(BENCHMARKS)}) "
-                    "and not file:... or gym:...")
+                           benchmark.fields, spec, parsed.keep, parsed.strict)
   return problems[:limit] if limit > 0 else problems
 
 
@@ -293,14 +342,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   """Checks config.data without loading anything."""
   for key in ("train", "eval"):
     for spec in split_specs(cfg.data[key]):
-      name = spec.split("?")[0]
-      check(spec.startswith(("file:", "gym:")) or name in BENCHMARKS, f"data.{key}",
-            f"{spec!r} is not a benchmark ({', '.join(BENCHMARKS)}) nor file:... / gym:...")
-      if name in BENCHMARKS:
-        try:
-          benchmark_filter(spec)
-        except DataError as e:
-          raise ConfigError(f"config.data.{key}: {e}") from e
+      try:
+        parse_spec(spec)
+      except DataError as e:
+        raise ConfigError(f"config.data.{key}: {e}") from e
+  names = [spec_name(spec) for spec in split_specs(cfg.data.eval)]
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  check(not repeated, "data.eval", f"several eval sets are named {repeated}: give each its own name= option")
   check(cfg.data.template in prompts.TEMPLATES, "data.template", f"one of {sorted(prompts.TEMPLATES)}")
   check(cfg.data.reward_workers >= 1, "data.reward_workers", "must be >= 1")
   check(cfg.data.reward_timeout_s > 0, "data.reward_timeout_s", "must be > 0")

@@ -4,9 +4,10 @@
     python eval.py --run=runs/a --run=runs/b --benchmarks=math500_test --samples=8 --out_dir=runs/eval
 
 --checkpoint takes an HF directory (config.json + safetensors + tokenizer) or an orbax step directory
-(<run>/checkpoints/<step>); --run takes every checkpoint of a run. Results accumulate in
-<out_dir>/<benchmark>.json, one record per (run, step), and <benchmark>.png plots them against training step,
-one line per run; each checkpoint's outputs go to <out_dir>/samples/<benchmark>/<run>_<step>.jsonl.
+(<run>/checkpoints/<step>); --run takes every checkpoint of a run. Results accumulate in <out_dir>/<name>.json
+(the benchmark's short name, see asympo_jax/data/datasets.py), one record per (run, step), and <name>.png plots
+them against training step, one line per run; each checkpoint's outputs go to
+<out_dir>/samples/<name>/<run>_<step>.jsonl. The trainer's periodic eval is the same (evaluation/suite.py).
 The config comes from --config (a config file), else from the run's checkpoint, else base_config(); the
 flags below override its eval keys. Sampling runs on every device (a data mesh, parameters replicated); each
 record names that mesh. eval.batch_size is rounded up to a multiple of the device count.
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from absl import app, flags, logging
+from absl import app, flags
 from flax import nnx
 from jax.sharding import Mesh
 from ml_collections import config_flags
@@ -30,6 +31,7 @@ from ml_collections import config_flags
 from asympo_jax.train import checkpoint
 from asympo_jax.data import datasets as data
 from asympo_jax.evaluation import scores as evaluation
+from asympo_jax.evaluation import suite
 from asympo_jax.model import hf_io
 from asympo_jax.rollout import rewards
 from asympo_jax.common import sharding
@@ -144,26 +146,20 @@ def configure(ckpt: Checkpoint) -> ml_collections.ConfigDict:
 
 def evaluate_checkpoint(ckpt: Checkpoint, pool: rewards.RewardPool, mesh: Mesh) -> None:
   cfg = configure(ckpt)
-  out_dir = cfg.eval.out_dir or os.path.join(cfg.workdir, "eval")
   model, tokenizer = LOADERS[ckpt.kind](ckpt, cfg, mesh)
   complete = Completer(model, tokenizer, cfg, seed=cfg.seed, mesh=mesh)
-  for spec in data.split_specs(cfg.data.eval):
-    problems = data.load(spec, cfg.data.dir, cfg.data.hub, cfg.data.max_eval_problems)
-    before = pool.counters.copy()
-    summary, per_problem = evaluation.run_benchmark(problems, complete, pool.score, cfg.eval.samples,
-                                                    evaluation.default_ks(cfg.eval.samples))
-    name = evaluation.file_name(spec)
-    record = {"run": ckpt.run, "step": ckpt.step, "checkpoint": ckpt.path, "mesh": dict(mesh.shape), **summary,
-              "prompts_truncated": complete.truncated, "outcomes": dict(pool.counters - before)}
-    records = evaluation.update_results(os.path.join(out_dir, f"{name}.json"), spec, [record])
-    evaluation.plot(records, spec, os.path.join(out_dir, f"{name}.png"))
-    samples_dir = os.path.join(out_dir, "samples", name)
-    os.makedirs(samples_dir, exist_ok=True)
-    with open(os.path.join(samples_dir, f"{ckpt.run}_{ckpt.step}.jsonl"), "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in per_problem)
-    logging.info("%s step %d on %s: %s", ckpt.run, ckpt.step, spec,
-                 {k: v for k, v in record.items() if k not in ("run", "step", "checkpoint")})
-    print(json.dumps({k: record[k] for k in record if k != "checkpoint"}))
+  scored = pool.counters.copy()
+
+  def details() -> dict[str, Any]:
+    nonlocal scored
+    outcomes, scored = pool.counters - scored, pool.counters.copy()
+    return {"checkpoint": ckpt.path, "mesh": dict(mesh.shape), "prompts_truncated": complete.truncated,
+            "outcomes": dict(outcomes)}
+
+  summaries = suite.evaluate(suite.load_sets(cfg), complete, pool.score, cfg.eval.samples, run=ckpt.run,
+                             step=ckpt.step, out_dir=suite.results_dir(cfg), details=details, keep_outputs=True)
+  for name, summary in summaries.items():
+    print(json.dumps({"run": ckpt.run, "step": ckpt.step, "eval_set": name, **summary}))
 
 
 def main(argv):

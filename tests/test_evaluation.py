@@ -2,13 +2,16 @@
 import itertools
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
 from asympo_jax.data import datasets as data
+from asympo_jax.run import config
 from asympo_jax.evaluation import scores as evaluation
+from asympo_jax.evaluation import suite
 
 
 @pytest.mark.parametrize("n, c, k, expected", [
@@ -65,6 +68,41 @@ def test_summary_and_run_benchmark_with_a_scripted_model():
   assert evaluation.default_ks(6) == [1, 2, 4, 6]
 
 
+def test_one_evaluation_names_sets_shortly_and_keeps_each_sets_results(tmp_path):
+  cfg = config.base_config()
+  cfg.data.eval = "gym:chain_sum?size=3&seed=1,gym:chain_sum?size=2&seed=2&name=held_out"
+  cfg.workdir = str(tmp_path / "run")
+  sets = suite.load_sets(cfg)
+  assert [(s.name, len(s.problems)) for s in sets] == [("chain_sum", 3), ("held_out", 2)]
+  assert suite.results_dir(cfg) == str(tmp_path / "run" / "eval")
+  calls = []
+
+  def complete(questions, samples, greedy):  # right when greedy, on the first of two samples otherwise
+    calls.append(len(questions))
+    golds = {p.question: p.answer for s in sets for p in s.problems}
+    return [[golds[q] if greedy or i == 0 else "wrong" for i in range(samples)] for q in questions]
+
+  score = lambda outputs, golds: np.asarray([float(o == g.answer) for o, g in zip(outputs, golds)])
+  details = iter([{"mesh": "first"}, {"mesh": "second"}])
+  summaries = suite.evaluate(sets, complete, score, 2, run="r", step=7, out_dir=str(tmp_path / "out"),
+                             details=lambda: next(details), keep_outputs=True)
+  assert summaries == {name: {"problems": n, "greedy_accuracy": 1.0, "avg@2": 0.5, "pass@1": 0.5, "pass@2": 1.0}
+                       for name, n in (("chain_sum", 3), ("held_out", 2))}
+  assert calls == [3, 3, 2, 2]  # greedy, then sampled, set by set
+  for name, mesh in (("chain_sum", "first"), ("held_out", "second")):
+    stored = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+    assert stored["benchmark"] == next(s.spec for s in sets if s.name == name)
+    assert stored["results"] == [{"run": "r", "step": 7, "mesh": mesh, **summaries[name]}]
+    assert (tmp_path / "out" / f"{name}.png").exists()
+    lines = (tmp_path / "out" / "samples" / name / "r_7.jsonl").read_text().splitlines()
+    assert len(lines) == summaries[name]["problems"]
+  # Without an out_dir (every process but the first) nothing is written.
+  assert suite.evaluate(sets, complete, score, 0, run="r", step=8) == {
+      name: {"problems": n, "greedy_accuracy": 1.0} for name, n in (("chain_sum", 3), ("held_out", 2))}
+  assert sorted(os.listdir(tmp_path / "out")) == ["chain_sum.json", "chain_sum.png", "held_out.json",
+                                                   "held_out.png", "samples"]
+
+
 def test_results_json_merges_runs_and_steps_and_plots(tmp_path):
   path = str(tmp_path / "gsm8k_test.json")
   evaluation.update_results(path, "gsm8k_test", [{"run": "a", "step": 10, "greedy_accuracy": 0.2}])
@@ -86,15 +124,8 @@ def test_results_json_merges_runs_and_steps_and_plots(tmp_path):
 
 
 def test_validate_names_the_key():
-  from asympo_jax.run import config
   cfg = config.base_config()
   cfg.eval.temperature = 0.0
   with pytest.raises(config.ConfigError, match="config.eval.temperature"):
     evaluation.validate(cfg)
   evaluation.validate(config.base_config())
-
-
-def test_file_names_of_specs_keep_only_safe_characters():
-  assert evaluation.file_name("math500_test?where.level=4|5") == "math500_test_where.level_4_5"
-  assert evaluation.file_name("gym:basic_arithmetic?operators=('+','-')&size=200") == (
-      "gym_basic_arithmetic_operators_-_size_200")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import textwrap
 from typing import Any, Callable, Sequence
 
@@ -73,11 +72,6 @@ def run_benchmark(problems: Sequence[Problem], complete: Complete, score: Score,
     for record, row in zip(records, sampled_rewards):
       record["sample_rewards"] = row.tolist()
   return summarize(greedy_rewards, sampled_rewards, ks), records
-
-
-def file_name(benchmark: str) -> str:
-  """A dataset spec as a file and metric name: every run of characters outside [A-Za-z0-9_.-] becomes "_"."""
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", benchmark).strip("_")
 
 
 def update_results(path: str, benchmark: str, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from asympo_jax.rollout import completions
 from asympo_jax.data import datasets as data
 from asympo_jax.evaluation import scores as evaluation
+from asympo_jax.evaluation import suite
 from asympo_jax.model import hf_io
 from asympo_jax.data import prompts
 from asympo_jax.rollout import rewards
@@ -107,30 +108,20 @@ def rollout_pieces(cfg: ml_collections.ConfigDict, model: Decoder, mesh: Mesh,
 
 def make_evaluate(cfg: ml_collections.ConfigDict, model: Decoder, tokenizer: Any, score: evaluation.Score,
                   mesh: Mesh, transfer: Callable[[Any], Any]) -> trainer.Evaluate | None:
-  """The trainer's periodic eval on cfg.data.eval: summaries as metrics, and (process 0) the results JSON
-  and curves of asympo_jax/evaluation/scores.py under cfg.eval.out_dir (default <workdir>/eval), sampling on `mesh` with
-  parameters that `transfer` put there. None when eval is off."""
-  specs = data.split_specs(cfg.data.eval)
-  if not specs or cfg.eval.every == 0:
+  """The trainer's periodic eval (suite.evaluate) on cfg.data.eval, sampling on `mesh` with parameters that
+  `transfer` put there: summaries as metrics, and on process 0 the results files under suite.results_dir.
+  None when eval is off."""
+  sets = suite.load_sets(cfg) if cfg.eval.every else []
+  if not sets:
     return None
-  benchmarks = {spec: data.load(spec, cfg.data.dir, cfg.data.hub, cfg.data.max_eval_problems) for spec in specs}
   completer = completions.Completer(model, tokenizer, cfg, seed=cfg.seed, mesh=mesh)
-  out_dir = cfg.eval.out_dir or os.path.join(cfg.workdir, "eval")
+  out_dir = suite.results_dir(cfg) if jax.process_index() == 0 else None
   run_name = os.path.basename(os.path.abspath(cfg.workdir))
-  ks = evaluation.default_ks(cfg.eval.samples)
 
   def evaluate(params: Any, step: int) -> dict[str, float]:
     completer.state = transfer(params)  # every process evaluates its own copy: no collectives inside
-    scalars = {}
-    for spec, problems in benchmarks.items():
-      summary, _ = evaluation.run_benchmark(problems, completer, score, cfg.eval.samples, ks)
-      name = evaluation.file_name(spec)
-      if jax.process_index() == 0:
-        records = evaluation.update_results(os.path.join(out_dir, f"{name}.json"), spec,
-                                            [{"run": run_name, "step": step, **summary}])
-        evaluation.plot(records, spec, os.path.join(out_dir, f"{name}.png"))
-      scalars.update({f"{name}/{k}": float(v) for k, v in summary.items()})
-    return scalars
+    summaries = suite.evaluate(sets, completer, score, cfg.eval.samples, run=run_name, step=step, out_dir=out_dir)
+    return {f"{name}/{k}": float(v) for name, summary in summaries.items() for k, v in summary.items()}
 
   return evaluate
 

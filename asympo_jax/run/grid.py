@@ -4,11 +4,12 @@ Each point runs `train.py` in its own process (a crash in one run leaves the oth
 starts from a clean JAX state). A point whose directory holds `DONE_NAME` is skipped; an unfinished one is
 launched again and train.py resumes it from its last checkpoint. A failed run does not stop the others.
 
-The summary reads each run's metrics.jsonl: final and best eval greedy accuracy (of the first eval set), final
-reward, the means over steps of balance/neg_pos_ratio and offpolicy/kl (when recorded), and stability flags
-(`collapse`: the final accuracy fell more than `collapse_drop` below the run's best; `nonfinite`: the run
-skipped non-finite updates), written as results.md and results.csv, and plotted as accuracy, reward/mean and
-balance/neg_pos_ratio against step, one line per run, one panel per value of the facet key.
+The summary reads each run's metrics.jsonl: final and best eval greedy accuracy (eval/<name>/greedy_accuracy
+of the eval set whose name sorts first), final reward, the means over steps of balance/neg_pos_ratio and
+offpolicy/kl (when recorded), and stability flags (`collapse`: the final accuracy fell more than
+`collapse_drop` below the run's best; `nonfinite`: the run skipped non-finite updates), written as results.md
+and results.csv, and plotted as accuracy, reward/mean and balance/neg_pos_ratio against step, one line per
+run, one panel per value of the facet key.
 """
 from __future__ import annotations
 
@@ -139,8 +140,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], points: dict[str, dict[st
       ax.set_title(f"{facet} = {value}" if facet else key)
       ax.set_xlabel("step")
       ax.grid(alpha=0.3)
-    # An eval key names its whole dataset spec; the axis keeps its ends.
-    axes[0][0].set_ylabel(key if len(key) <= 32 else f"{key.split('/')[0]}/.../{key.split('/')[-1]}")
+    axes[0][0].set_ylabel(key)
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(textwrap.fill(caption, width=int(width * 19)), fontsize=7)  # ~19 characters an inch at 7 pt
     fig.savefig(os.path.join(out_dir, file), dpi=110)

@@ -25,7 +25,8 @@ def test_plain_template_asks_for_a_box():
 
 def test_chat_template_comes_from_the_tokenizer():
   (text,) = prompts.render("chat", ["What is 2+3?"], _tokenizer(CHAT_TEMPLATE))
-  assert text == f"<|user|>What is 2+3?\n{prompts.INSTRUCTION}<|end|><|assistant|>"
+  assert text == ("<|user|>What is 2+3?\nPlease reason step by step, and put your final answer within \\boxed{}."
+                  "<|end|><|assistant|>")
 
 
 def test_chat_without_a_template_is_refused():

@@ -179,6 +179,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from asympo_jax.common import host_memory
-  host_memory.tune_malloc()
+  from asympo_jax.common import cpu
+  cpu.tune_malloc()
   app.run(main, flags_parser=config_lib.parse_flags)

@@ -31,7 +31,7 @@ def main(argv):
 if __name__ == "__main__":
   from absl import flags
 
-  from asympo_jax.common import host_memory
-  host_memory.tune_malloc()
+  from asympo_jax.common import cpu
+  cpu.tune_malloc()
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=config_lib.parse_flags)

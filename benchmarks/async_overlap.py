@@ -28,7 +28,7 @@ from flax import nnx
 from asympo_jax.run import config as config_lib
 from benchmarks import workloads
 from asympo_jax.model import hf_io
-from asympo_jax.common import host_memory
+from asympo_jax.common import cpu
 from asympo_jax.train import optim
 from asympo_jax.rollout import sampler
 from asympo_jax.common import sharding
@@ -100,5 +100,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  host_memory.tune_malloc()
+  cpu.tune_malloc()
   main()

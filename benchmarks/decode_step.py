@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from asympo_jax.common import host_memory
+from asympo_jax.common import cpu
 from asympo_jax.model import kv_cache
 from asympo_jax.model import scratch
 from asympo_jax.model.decoder import create_model
@@ -76,5 +76,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  host_memory.tune_malloc()
+  cpu.tune_malloc()
   main()

@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 
 from asympo_jax.run import config as config_lib
 from asympo_jax.model import hf_io
-from asympo_jax.common import host_memory
+from asympo_jax.common import cpu
 from asympo_jax.rollout.sampler import Sampler
 from benchmarks import workloads
 
@@ -102,5 +102,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  host_memory.tune_malloc()
+  cpu.tune_malloc()
   main()

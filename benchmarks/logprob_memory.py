@@ -11,7 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from asympo_jax.common import host_memory
+from asympo_jax.common import cpu
 from asympo_jax.model.logprobs import token_logprobs
 
 B, T, D, V = 8, 512, 1024, 151936
@@ -45,5 +45,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  host_memory.tune_malloc()
+  cpu.tune_malloc()
   main()

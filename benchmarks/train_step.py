@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from asympo_jax.model import hf_io
-from asympo_jax.common import host_memory
+from asympo_jax.common import cpu
 from asympo_jax.train import optim
 from asympo_jax.train import step as train_step
 from asympo_jax.run.config import base_config
@@ -94,5 +94,5 @@ def main():
 
 
 if __name__ == "__main__":
-  host_memory.tune_malloc()
+  cpu.tune_malloc()
   main()

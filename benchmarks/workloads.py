@@ -176,10 +176,9 @@ def reference_seconds(task: str, path: str, repeats: int) -> dict[str, Any]:
   """Runs the PyTorch reference ("generate" or "train_step") on the checkpoint at `path` in its own process:
   {"seconds": best of `repeats`, "threads", "torch", "matmul_peak_flops" (torch.mm), "malloc"}.
 
-  The reference runs twice, with this process's GLIBC_TUNABLES (the JAX side's,
-  asympo_jax/common/host_memory.py) and with glibc's defaults, and the faster run is returned ("malloc" says
-  which): the tunables speed torch's train step up as much as ours but not its `generate`, and the reference
-  should be at its best.
+  The reference runs twice, with this process's GLIBC_TUNABLES (the JAX side's, asympo_jax/common/cpu.py)
+  and with glibc's defaults, and the faster run is returned ("malloc" says which): the tunables speed torch's
+  train step up as much as ours but not its `generate`, and the reference should be at its best.
   """
   envs = [("tuned malloc" if "GLIBC_TUNABLES" in os.environ else "glibc defaults", None)]
   if "GLIBC_TUNABLES" in os.environ:

@@ -9,6 +9,8 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
+from asympo_jax.common import cpu
+from asympo_jax.model import decoder as model_lib
 from asympo_jax.train import objectives
 from asympo_jax.train import optim
 from asympo_jax.train import step as train_step
@@ -65,16 +67,16 @@ def test_sharded_step_equals_one_device(shape):
   assert all(x.is_deleted() for x in jax.tree.leaves(old_state.params))
 
 
-def test_step_with_rope_inputs_equals_rope_computed_in_the_step():
-  # make_train_step passes the RoPE cos and sin in as batch["rope"]; loss_and_grads on a batch without them
-  # computes them inside: the same batch must give the same update (cos and sin swapped fail this).
-  cfg = tiny_config(**{"train.micro_batches": 2, "objective.name": "asympo"})
-  graphdef, params, rest = nnx.split(tiny_model(), nnx.Param, ...)
+def test_step_with_rope_inputs_equals_rope_computed_in_the_step(monkeypatch):
+  # With cpu.ROPE_AS_INPUT the step gets the RoPE cos and sin as inputs; without, the model computes them
+  # inside the step: the same batch must give the same update (cos and sin swapped fail this).
   metrics, grads = _step_on_mesh((1, 1, 1))[:2]
-  loss, want_grads, _ = jax.jit(lambda p: train_step.loss_and_grads(cfg, graphdef, rest, p,
-                                                                    synthetic_batch(cfg, seed=1)))(params)
-  np.testing.assert_allclose(metrics["loss"], loss, **TOL)
-  _assert_trees_close(grads, jax.device_get(want_grads), **TOL)
+  monkeypatch.setattr(cpu, "ROPE_AS_INPUT", False)
+  graphdef, params, rest = nnx.split(tiny_model(), nnx.Param, ...)
+  assert model_lib.rope_inputs(graphdef, np.ones((2, 3), np.int32), params, rest) is None
+  inside_metrics, inside_grads = _step_on_mesh.__wrapped__((1, 1, 1))[:2]
+  np.testing.assert_allclose(metrics["loss"], inside_metrics["loss"], **TOL)
+  _assert_trees_close(grads, inside_grads, **TOL)
   assert float(metrics["optim/grad_norm"]) > 1e-3
 
 

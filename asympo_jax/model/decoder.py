@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asympo_jax.common import cpu
 from asympo_jax.model import kv_cache as kvc
 from asympo_jax.model.architecture import Llama3RopeScaling, ModelConfig
 from asympo_jax.common.sharding import constrain, state_shardings
@@ -114,12 +115,9 @@ class Decoder(nnx.Module):
                ) -> tuple[jax.Array, kvc.KVCache | None]:
     """Hidden states [B, T, D] after the final norm, and the cache with the T new tokens written in.
 
-    `rope`, when given, is `self.rope(positions_BxT)` computed by the caller, because otherwise XLA:CPU fuses
-    the cosine and sine into every layer's RoPE (forward and backward) and evaluates them per head and element.
-    A decode loop computes it for all its steps before the loop; the train step and the sampler's prefill get
-    it from `rope_inputs`, a program of its own, so it reaches theirs as an input, which XLA cannot fuse.
-    Both the train step and the prefill got measurably faster on CPU (docs/benchmarks.md, "Why the CPU numbers
-    are what they are").
+    `rope`, when given, is `self.rope(positions_BxT)` computed by the caller: a decode loop computes it for
+    all its steps before the loop, and the train step and the sampler's prefill get it from `rope_inputs`
+    (common/cpu.py says why).
     """
     cfg = self.cfg
     h = jnp.take(self.embed[...], tokens_BxT, axis=0)
@@ -265,10 +263,18 @@ def positions_of(mask_BxT: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(mask_BxT, axis=1) - 1, 0)
 
 
+def rope_inputs(graphdef: nnx.GraphDef, mask_BxT: jax.Array, *states: nnx.State
+                ) -> tuple[jax.Array, jax.Array] | None:
+  """`Decoder.rope(positions_of(mask_BxT))` of the model (graphdef, *states), compiled on its own, for the
+  caller's `rope=`; None when cpu.ROPE_AS_INPUT is off (the model then computes it). Only the model's config
+  is read; the states' arrays are not used."""
+  if not cpu.ROPE_AS_INPUT:
+    return None
+  return _rope_program(graphdef, mask_BxT, *states)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def rope_inputs(graphdef: nnx.GraphDef, mask_BxT: jax.Array, *states: nnx.State) -> tuple[jax.Array, jax.Array]:
-  """`Decoder.rope(positions_of(mask_BxT))` of the model (graphdef, *states), compiled on its own: see
-  `Decoder.__call__` for why. Only the model's config is read; the states' arrays are not used."""
+def _rope_program(graphdef: nnx.GraphDef, mask_BxT: jax.Array, *states: nnx.State) -> tuple[jax.Array, jax.Array]:
   return nnx.merge(graphdef, *states).rope(positions_of(mask_BxT))
 
 

@@ -8,8 +8,7 @@ API (used by the sampler):
   step.
   The layouts make both attention products plain batched matmuls that read the cache without a transpose:
   queries x keys contracts over head_dim per (B, K, chunk), probs x values over slots per (B, K). Keys come in
-  chunks of KEY_CHUNK slots because XLA:CPU streams a [head_dim, 32] right operand from memory about twice as
-  fast as a [head_dim, S] one (at S = 96, the `tiny` generation workload).
+  chunks of KEY_CHUNK slots for XLA:CPU's sake (common/cpu.py).
   Each layer has its own buffers rather than one stacked [L, ...] array because attention must read its
   layer's whole cache: a slice of a stacked buffer is a copy on XLA:CPU (3 MB per layer and token for `tiny`'s
   generation workload), while a buffer of its own is updated in place and read directly.
@@ -34,10 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from asympo_jax.model.architecture import ModelConfig
+from asympo_jax.common.cpu import KEY_CHUNK
 from asympo_jax.common.sharding import constrain
-
-
-KEY_CHUNK = 32
 
 
 class KVCache(NamedTuple):

@@ -7,15 +7,15 @@ import sys
 
 import pytest
 
-from asympo_jax.common import host_memory
+from asympo_jax.common import cpu
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # After the call a worker thread mallocs, touches and frees 300 MB three times, counting the minor page faults
 # of each round; then the process reports its tunables and command line.
 _CHILD = """
 import ctypes, json, os, resource, sys, threading
-from asympo_jax.common import host_memory
-host_memory.tune_malloc()
+from asympo_jax.common import cpu
+cpu.tune_malloc()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -32,7 +32,7 @@ worker.start()
 worker.join()
 print(json.dumps([os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], faults]))
 """
-# The settings tune_malloc() adds (see host_memory's docstring for why each).
+# The settings tune_malloc() adds (see common/cpu.py for why each).
 WANTED = {"glibc.malloc.hugetlb=1", "glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=4611686018427387904",
           "glibc.malloc.arena_max=1"}
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables: Linux only")
@@ -68,11 +68,11 @@ def test_without_the_tunables_every_round_faults_again():
 
 
 def test_the_users_tunables_are_kept_and_only_missing_ones_added():
-  assert set(host_memory.tuned_environment("").split(":")) == WANTED
+  assert set(cpu.tuned_environment("").split(":")) == WANTED
   mine = "glibc.malloc.hugetlb=0:glibc.malloc.arena_max=4"
-  wanted = host_memory.tuned_environment(mine)
+  wanted = cpu.tuned_environment(mine)
   assert wanted.startswith(mine + ":")
   assert "glibc.malloc.hugetlb=1" not in wanted and "glibc.malloc.arena_max=1" not in wanted
   assert "glibc.malloc.mmap_max=0" in wanted
-  full = host_memory.tuned_environment(wanted)
+  full = cpu.tuned_environment(wanted)
   assert full == wanted  # nothing missing: no second re-execution

@@ -49,7 +49,8 @@ def run(path: str, k: int, steps: int) -> dict[str, float]:
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, schedule = optim.make_optimizer(cfg.optim, total_steps=steps + 1)
   state, shardings = train_step.init_state(params, tx, mesh)
-  step_fn = train_step.make_train_step(cfg, graphdef, rest, tx, schedule, mesh, shardings)
+  spec = train_step.TrainSpec.from_config(cfg)
+  step_fn = train_step.make_train_step(spec, graphdef, rest, tx, schedule, mesh, shardings)
   smp = sampler.Sampler(model, cfg.rollout, eos_ids=[], pad_id=0)
   vocab = model.cfg.vocab_size
 

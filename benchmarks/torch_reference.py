@@ -43,11 +43,11 @@ def generate(model: torch.nn.Module, repeats: int) -> float:
 
 def train_step(model: torch.nn.Module, repeats: int) -> float:
   """Best seconds of one reference step: forward, the asympo loss, backward, clipping, torch AdamW."""
-  batch = {k: torch.as_tensor(v) for k, v in workloads.train_batch(model.config.vocab_size).items()}
+  batch = workloads.train_batch(model.config.vocab_size)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-  rewards = batch["rewards"].view(-1, workloads.G)
+  rewards = torch.as_tensor(batch.rewards_B).view(-1, workloads.G)
   adv = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)).view(-1)
-  tokens, mask = batch["tokens"].long(), batch["loss_mask"][:, 1:]
+  tokens, mask = torch.as_tensor(batch.tokens_BxT).long(), torch.as_tensor(batch.loss_mask_BxT)[:, 1:]
   model.train()
 
   def run():

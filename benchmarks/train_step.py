@@ -47,7 +47,8 @@ def jax_step(path: str, chunk: int, mesh: Mesh) -> Callable[[], None]:
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, schedule = optim.make_optimizer(cfg.optim, total_steps=100)
   state, shardings = train_step.init_state(params, tx, mesh)
-  step = train_step.make_train_step(cfg, graphdef, rest, tx, schedule, mesh, shardings)
+  spec = train_step.TrainSpec.from_config(cfg)
+  step = train_step.make_train_step(spec, graphdef, rest, tx, schedule, mesh, shardings)
   batch = jax.device_put(workloads.train_batch(model.cfg.vocab_size), train_step.batch_sharding(mesh))
   holder = [state]
 

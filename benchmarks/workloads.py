@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from asympo_jax.model import scratch
+from asympo_jax.rollout.train_batch import TrainBatch
 
 # Generation: PROMPTS prompts of PROMPT_LEN tokens, NEW_TOKENS new tokens each, temperature 1, no early stop.
 PROMPTS, PROMPT_LEN, NEW_TOKENS = 64, 32, 64
@@ -43,14 +44,14 @@ def generation_prompts(vocab: int) -> np.ndarray:
   return np.random.default_rng(0).integers(3, vocab, (PROMPTS, PROMPT_LEN))
 
 
-def train_batch(vocab: int) -> dict[str, np.ndarray]:
-  """The train-step batch as the trainer sees it: tokens_BxT, masks, rewards_B, policy_version_B."""
+def train_batch(vocab: int) -> TrainBatch:
+  """The train-step batch as the trainer sees it, on the host: full-length prompts and responses."""
   rng = np.random.default_rng(0)
   loss_mask = np.zeros((B, T), np.float32)
   loss_mask[:, PROMPT:] = 1.0
-  return {"tokens": rng.integers(0, vocab, (B, T)).astype(np.int32), "input_mask": np.ones((B, T), np.int32),
-          "loss_mask": loss_mask, "rewards": rng.integers(0, 2, (B,)).astype(np.float32),
-          "policy_version": np.zeros((B,), np.int32)}
+  return TrainBatch(tokens_BxT=rng.integers(0, vocab, (B, T)).astype(np.int32),
+                    input_mask_BxT=np.ones((B, T), np.int32), loss_mask_BxT=loss_mask,
+                    rewards_B=rng.integers(0, 2, (B,)).astype(np.float32), policy_version_B=np.zeros((B,), np.int32))
 
 
 def _layer_weights(c: dict[str, int]) -> int:

@@ -9,8 +9,15 @@ from hypothesis import given, settings, strategies as st
 
 from asympo_jax.run import config as config_lib
 from asympo_jax.rollout.generator import RolloutError, RolloutGenerator
+from asympo_jax.rollout.train_batch import TrainBatch
 
 ROWS = 3
+
+
+def toy_batch(tokens, seen_version):
+  """A batch whose rewards record the parameter version its build saw."""
+  zeros = np.zeros(tokens.shape, np.int32)
+  return TrainBatch(tokens, zeros, zeros.astype(np.float32), np.full((ROWS,), seen_version, np.float32))
 
 
 def rollout_cfg(k, mode="fixed_lag"):
@@ -41,8 +48,7 @@ class Toy:
       self.started_early.append(step)
     self.nap()
     rng = np.random.default_rng([step, int(params)])
-    batch = {"tokens": rng.integers(0, 100, (ROWS, 4)).astype(np.int32),
-             "seen_version": np.full((ROWS,), int(params), np.int32)}
+    batch = toy_batch(rng.integers(0, 100, (ROWS, 4)).astype(np.int32), int(params))
     return batch, {"rollout/reward_mean": float(step)}
 
   def train(self, params, batch):
@@ -72,8 +78,8 @@ def test_fixed_lag_samples_step_t_with_version_t_minus_k(k, num_steps, seed):
   batches, metrics = run(k, "fixed_lag", num_steps, seed)
   for t, (batch, m) in enumerate(zip(batches, metrics)):
     want = max(0, t - k)
-    np.testing.assert_array_equal(batch["seen_version"], want)
-    np.testing.assert_array_equal(batch["policy_version"], want)
+    np.testing.assert_array_equal(batch.rewards_B, want)
+    np.testing.assert_array_equal(batch.policy_version_B, want)
     assert m["rollout/lag_max"] == m["rollout/lag_mean"] == t - want
     assert m["rollout/reward_mean"] == t
 
@@ -82,10 +88,10 @@ def test_fixed_lag_samples_step_t_with_version_t_minus_k(k, num_steps, seed):
 @given(k=st.sampled_from([0, 1, 3]), num_steps=st.integers(1, 7), seed=st.integers(0, 2**16))
 def test_bounded_lag_stays_within_k(k, num_steps, seed):
   batches, metrics = run(k, "bounded", num_steps, seed)
-  versions = [int(b["policy_version"][0]) for b in batches]
+  versions = [int(b.policy_version_B[0]) for b in batches]
   assert versions == sorted(versions)
   for t, (batch, m) in enumerate(zip(batches, metrics)):
-    np.testing.assert_array_equal(batch["seen_version"], batch["policy_version"])
+    np.testing.assert_array_equal(batch.rewards_B, batch.policy_version_B)
     assert 0 <= m["rollout/lag_max"] <= k
     assert 0 <= t - versions[t] <= k
 
@@ -94,16 +100,16 @@ def test_fixed_lag_is_deterministic_whatever_the_timing():
   a, _ = run(2, "fixed_lag", 6, seed=1, jitter=0.004)
   b, _ = run(2, "fixed_lag", 6, seed=2, jitter=0.0)
   for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for key in x:
-      np.testing.assert_array_equal(x[key], y[key])
+    assert x.present().keys() == y.present().keys()
+    for field, want in x.present().items():
+      np.testing.assert_array_equal(getattr(y, field), want)
 
 
 def failing_build(params, step):
   if step == 2:
     time.sleep(0.05)  # the learner is blocked in get(2) by now
     raise ZeroDivisionError("boom in the generator")
-  return {"tokens": np.zeros((ROWS, 2), np.int32)}, {}
+  return toy_batch(np.zeros((ROWS, 2), np.int32), 0), {}
 
 
 @pytest.mark.timeout(20)

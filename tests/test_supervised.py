@@ -1,4 +1,4 @@
-"""Warm-start batches: gold responses laid out as the train batch of docs/design.md §4."""
+"""Warm-start batches: gold responses laid out as a train batch."""
 import types
 
 import numpy as np
@@ -24,11 +24,11 @@ def test_gold_rows_layout():
   assert supervised.gold_response(types.SimpleNamespace(answer="12")) == " \\boxed{12}"
   d1, d2, d7 = (ord(c) % 50 + 10 for c in "127")
   expected_tokens = np.array([[0, 0, 0, 3, 4, d1, d2, EOS, 0, 0, 0]] * 2 + [[0, 0, 5, 6, 7, d7, EOS, 0, 0, 0, 0]] * 2)
-  np.testing.assert_array_equal(batch["tokens"], expected_tokens)
-  np.testing.assert_array_equal(batch["loss_mask"], (np.arange(11) >= 5) & (expected_tokens != 0))
-  np.testing.assert_array_equal(batch["input_mask"], expected_tokens != 0)
-  np.testing.assert_array_equal(batch["rewards"], np.ones(4))
-  assert "behaviour_logprobs" not in batch
+  np.testing.assert_array_equal(batch.tokens_BxT, expected_tokens)
+  np.testing.assert_array_equal(batch.loss_mask_BxT, (np.arange(11) >= 5) & (expected_tokens != 0))
+  np.testing.assert_array_equal(batch.input_mask_BxT, expected_tokens != 0)
+  np.testing.assert_array_equal(batch.rewards_B, np.ones(4))
+  assert batch.behaviour_logprobs_BxT is None
   assert info["rollout/response_len_mean"] == 2.5
 
 

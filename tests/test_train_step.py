@@ -45,7 +45,8 @@ def _step_on_mesh(shape):
   state, shardings = train_step.init_state(params, tx, mesh)
   # Read a device copy: on CPU a host read of an array pins its buffer and blocks its donation.
   before = jax.device_get(jax.tree.map(jnp.copy, state.params))
-  step = train_step.make_train_step(cfg, graphdef, rest, tx, schedule, mesh, shardings)
+  step = train_step.make_train_step(train_step.TrainSpec.from_config(cfg), graphdef, rest, tx, schedule, mesh,
+                                    shardings)
   new_state, metrics = step(state, jax.device_put(synthetic_batch(cfg, seed=1), train_step.batch_sharding(mesh)))
   after = jax.device_get(new_state.params)
   grads = jax.tree.map(lambda b, a: b - a, before, after)
@@ -104,7 +105,8 @@ def test_four_micro_batches_equal_one(case):
   def both(params, batch):
     out = []
     for cfg in (cfg1, cfg4):
-      loss, grads, metrics = train_step.loss_and_grads(cfg, graphdef, rest, params, batch, ref)
+      spec = train_step.TrainSpec.from_config(cfg)
+      loss, grads, metrics = train_step.loss_and_grads(spec, graphdef, rest, params, batch, ref)
       out.append((loss, grads, metrics, tx.update(grads, opt_state, params)[0]))
     return out
 
@@ -129,7 +131,8 @@ def test_scoring_only_the_response_columns_changes_nothing(case):
   graphdef, params, rest = nnx.split(tiny_model(), nnx.Param, ...)
   ref = nnx.split(tiny_model(seed=1), nnx.Param, ...)[1] if cfg.objective.kl_coef > 0 else None
   batch = synthetic_batch(cfg, seed=5, behaviour=True)
-  run = lambda c: jax.jit(lambda p: train_step.loss_and_grads(c, graphdef, rest, p, batch, ref))(params)
+  run = lambda c: jax.jit(lambda p: train_step.loss_and_grads(train_step.TrainSpec.from_config(c), graphdef, rest,
+                                                              p, batch, ref))(params)
   (loss, grads, metrics), (want_loss, want_grads, want_metrics) = run(cfg), run(everything)
   tol = dict(rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(loss, want_loss, **tol)
@@ -141,13 +144,14 @@ def test_scoring_only_the_response_columns_changes_nothing(case):
 def test_nonfinite_gradient_skips_the_update():
   cfg = tiny_config()
   batch = synthetic_batch(cfg, seed=3)
-  batch["rewards"][0] = np.nan  # NaN advantages for the first group: NaN loss and gradients
+  batch.rewards_B[0] = np.nan  # NaN advantages for the first group: NaN loss and gradients
   mesh = _mesh((2, 1, 1))
   graphdef, params, rest = nnx.split(tiny_model(mesh), nnx.Param, ...)
   before = jax.device_get(params)
   tx, schedule = optim.make_optimizer(cfg.optim, total_steps=10)
   state, shardings = train_step.init_state(params, tx, mesh)
-  step = train_step.make_train_step(cfg, graphdef, rest, tx, schedule, mesh, shardings)
+  step = train_step.make_train_step(train_step.TrainSpec.from_config(cfg), graphdef, rest, tx, schedule, mesh,
+                                    shardings)
   state, metrics = step(state, jax.device_put(batch, train_step.batch_sharding(mesh)))
   assert not np.isfinite(metrics["loss"])
   assert float(metrics["optim/skipped_updates"]) == 1
@@ -158,37 +162,23 @@ def test_split_grad_norms_are_the_norms_of_each_side():
   # For spo the positive part's gradient is the loss gradient with negative responses masked out
   # (N counts responses, so masking changes no denominator), and the same for the negative part.
   cfg = tiny_config(**{"objective.name": "spo", "objective.split_grad_norms": True, "train.micro_batches": 2})
-  plain = tiny_config(**{"objective.name": "spo"})
+  spec = train_step.TrainSpec.from_config(cfg)
+  plain = train_step.TrainSpec.from_config(tiny_config(**{"objective.name": "spo"}))
   graphdef, params, rest = nnx.split(tiny_model(), nnx.Param, ...)
   batch = synthetic_batch(cfg, seed=4)
-  adv = np.asarray(objectives.group_advantages(batch["rewards"], cfg.rollout.group_size, True))
+  adv = np.asarray(objectives.group_advantages(batch.rewards_B, cfg.rollout.group_size, True))
   assert (adv > 0).any() and (adv < 0).any()
-  masked = [{**batch, "loss_mask": batch["loss_mask"] * keep[:, None]} for keep in (adv > 0, adv < 0)]
+  masked = [batch._replace(loss_mask_BxT=batch.loss_mask_BxT * keep[:, None]) for keep in (adv > 0, adv < 0)]
 
   @jax.jit
   def run(params):
-    _, _, metrics = train_step.loss_and_grads(cfg, graphdef, rest, params, batch)
+    _, _, metrics = train_step.loss_and_grads(spec, graphdef, rest, params, batch)
     sides = [optax.tree.norm(train_step.loss_and_grads(plain, graphdef, rest, params, b)[1]) for b in masked]
     return metrics, sides
 
   metrics, (pos, neg) = run(params)
   np.testing.assert_allclose(metrics["grad_norm/pos"], pos, rtol=1e-5)
   np.testing.assert_allclose(metrics["grad_norm/neg"], neg, rtol=1e-5)
-
-
-def test_check_batch_refuses_what_response_only_scoring_would_get_wrong():
-  cfg = tiny_config()
-  good = synthetic_batch(cfg, seed=0)
-  train_step.check_batch(good, cfg.rollout)
-  prompt_loss = {**good, "loss_mask": good["loss_mask"].copy()}
-  prompt_loss["loss_mask"][2, cfg.rollout.max_prompt_len - 1] = 1.0  # the last prompt column
-  with pytest.raises(ValueError, match=r"loss_mask is non-zero .* rows \[2\]"):
-    train_step.check_batch(prompt_loss, cfg.rollout)
-  wide = {k: np.pad(v, ((0, 0), (1, 0))) if v.ndim == 2 else v for k, v in good.items()}
-  with pytest.raises(ValueError, match="tokens has 13 columns, expected .* 4 \\+ 8"):
-    train_step.check_batch(wide, cfg.rollout)
-  with pytest.raises(ValueError, match=r"missing fields \['loss_mask'\]"):
-    train_step.check_batch({k: v for k, v in good.items() if k != "loss_mask"}, cfg.rollout)
 
 
 def test_trainer_stops_on_a_batch_that_breaks_the_contract(tmp_path):
@@ -199,7 +189,7 @@ def test_trainer_stops_on_a_batch_that_breaks_the_contract(tmp_path):
 
   def build_batch(params, step):
     batch = synthetic_batch(cfg, seed=step)
-    batch["loss_mask"][:, 0] = 1.0
+    batch.loss_mask_BxT[:, 0] = 1.0
     return batch, {}
 
   with pytest.raises(ValueError, match="loss_mask is non-zero"):

@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from asympo_jax.common import sharding
+from asympo_jax.rollout.train_batch import TrainBatch
 from asympo_jax.run.config import base_config
 from asympo_jax.model.decoder import Decoder
 from asympo_jax.model.architecture import ModelConfig
@@ -45,8 +46,8 @@ def tiny_config(**overrides):
   return cfg
 
 
-def synthetic_batch(cfg, seed: int, behaviour: bool = False) -> dict[str, np.ndarray]:
-  """A train batch (docs/design.md §4): left-padded prompts, right-padded responses, 0/1 rewards."""
+def synthetic_batch(cfg, seed: int, behaviour: bool = False) -> TrainBatch:
+  """A train batch: left-padded prompts, right-padded responses, 0/1 rewards."""
   rng = np.random.default_rng(seed)
   B = cfg.rollout.prompts_per_step * cfg.rollout.group_size
   Tp, Tr = cfg.rollout.max_prompt_len, cfg.rollout.max_new_tokens
@@ -55,11 +56,12 @@ def synthetic_batch(cfg, seed: int, behaviour: bool = False) -> dict[str, np.nda
   resp_len = rng.integers(1, Tr + 1, (B, 1))
   prompt = (pos < Tp) & (pos >= Tp - prompt_len)
   resp = (pos >= Tp) & (pos < Tp + resp_len)
-  batch = {"tokens": rng.integers(0, TINY.vocab_size, (B, Tp + Tr)).astype(np.int32),
-           "input_mask": (prompt | resp).astype(np.int32), "loss_mask": resp.astype(np.float32),
-           "rewards": rng.integers(0, 2, (B,)).astype(np.float32), "policy_version": np.zeros((B,), np.int32)}
+  batch = TrainBatch(tokens_BxT=rng.integers(0, TINY.vocab_size, (B, Tp + Tr)).astype(np.int32),
+                     input_mask_BxT=(prompt | resp).astype(np.int32), loss_mask_BxT=resp.astype(np.float32),
+                     rewards_B=rng.integers(0, 2, (B,)).astype(np.float32), policy_version_B=np.zeros((B,), np.int32))
   if behaviour:
-    batch["behaviour_logprobs"] = np.where(resp, -rng.uniform(2.0, 6.0, resp.shape), 0.0).astype(np.float32)
+    behaviour_BxT = np.where(resp, -rng.uniform(2.0, 6.0, resp.shape), 0.0).astype(np.float32)
+    batch = batch._replace(behaviour_logprobs_BxT=behaviour_BxT)
   return batch
 
 

@@ -1,4 +1,4 @@
-"""From prompts to the train batch (docs/design.md §4): sample, decode, score, assemble.
+"""From prompts to the train batch (train_batch.py, docs/design.md §4): sample, decode, score, assemble.
 
 `make_build_batch(...)` returns the `build_batch(params, step) -> (batch, info)` that the rollout generator
 (generator.py) calls on its thread, so decoding and reward scoring happen there, off the learner's critical
@@ -12,8 +12,9 @@ import ml_collections
 import numpy as np
 
 from asympo_jax.rollout import token_choice as sampling
-from asympo_jax.rollout.generator import Batch, BuildFn, Params
+from asympo_jax.rollout.generator import BuildFn, Params
 from asympo_jax.rollout.sampler import Sampler, Samples
+from asympo_jax.rollout.train_batch import TrainBatch
 
 # step -> (prompt token ids, one target per prompt for the reward), P prompts
 PromptsFn = Callable[[int], tuple[Sequence[Sequence[int]], Sequence[Any]]]
@@ -22,9 +23,8 @@ RewardFn = Callable[[Sequence[str], Sequence[Any]], np.ndarray]
 
 
 def assemble(prompts: Sequence[Sequence[int]], samples: Samples, rewards_B: np.ndarray,
-             cfg_rollout: ml_collections.ConfigDict, pad_id: int) -> Batch:
-  """The train batch: row p*G + g is the prompt p left-padded to max_prompt_len, then sample g's response
-  right-padded to max_new_tokens. docs/design.md §4 lists the fields."""
+             cfg_rollout: ml_collections.ConfigDict, pad_id: int) -> TrainBatch:
+  """The train batch of `prompts` and their `samples` (policy_version left to the generator)."""
   group, width_p = cfg_rollout.group_size, cfg_rollout.max_prompt_len
   rows = len(prompts) * group
   prompt_BxP = np.full((rows, width_p), pad_id, np.int32)
@@ -34,15 +34,14 @@ def assemble(prompts: Sequence[Sequence[int]], samples: Samples, rewards_B: np.n
     prompt_mask_BxP[p * group:(p + 1) * group, width_p - len(prompt):] = 1
   zeros_BxP = np.zeros((rows, width_p), np.float32)
   response_mask = samples.mask_BxN.astype(np.float32)
-  batch = {
-      "tokens": np.concatenate([prompt_BxP, samples.tokens_BxN], axis=1),
-      "input_mask": np.concatenate([prompt_mask_BxP, samples.mask_BxN], axis=1),
-      "loss_mask": np.concatenate([zeros_BxP, response_mask], axis=1),
-      "rewards": np.asarray(rewards_B, np.float32).reshape(rows),
-  }
+  behaviour_BxT = None
   if samples.logprobs_BxN is not None:
-    batch["behaviour_logprobs"] = np.concatenate([zeros_BxP, samples.logprobs_BxN * response_mask], axis=1)
-  return batch
+    behaviour_BxT = np.concatenate([zeros_BxP, samples.logprobs_BxN * response_mask], axis=1)
+  return TrainBatch(tokens_BxT=np.concatenate([prompt_BxP, samples.tokens_BxN], axis=1),
+                    input_mask_BxT=np.concatenate([prompt_mask_BxP, samples.mask_BxN], axis=1),
+                    loss_mask_BxT=np.concatenate([zeros_BxP, response_mask], axis=1),
+                    rewards_B=np.asarray(rewards_B, np.float32).reshape(rows),
+                    behaviour_logprobs_BxT=behaviour_BxT)
 
 
 def make_build_batch(sampler: Sampler, prompts_for_step: PromptsFn, decode: Callable[[Sequence[int]], str],
@@ -53,7 +52,7 @@ def make_build_batch(sampler: Sampler, prompts_for_step: PromptsFn, decode: Call
   each process samples a slice of the step's prompts)."""
   cfg = sampler.cfg
 
-  def build_batch(params: Params, step: int) -> tuple[Batch, dict[str, float]]:
+  def build_batch(params: Params, step: int) -> tuple[TrainBatch, dict[str, float]]:
     prompts, targets = prompts_for_step(step)
     ids = None if prompt_ids_for_step is None else prompt_ids_for_step(step)
     samples = sampler.generate(params, prompts, seed=seed, step=step, prompt_ids=ids)

@@ -1,9 +1,8 @@
 """The host-side asynchronous rollout generator (docs/design.md §3): one thread, one lagged parameter copy.
 
 The generator knows nothing about models. It calls `build_batch(params, step) -> (batch, info)` on its own
-thread, where `batch` is a dict of arrays whose leading dimension is the number of rows B (the train batch of
-docs/design.md §4) and `info` a dict of scalar metrics (reward mean, response length, ...). The generator adds
-`policy_version` [B] int32 to every batch.
+thread, where `batch` is a TrainBatch (train_batch.py) and `info` a dict of scalar metrics (reward mean,
+response length, ...). The generator sets every batch's `policy_version_B`.
 
 Learner-side API:
 
@@ -52,10 +51,10 @@ import ml_collections
 import numpy as np
 
 from asympo_jax.common.checks import check
+from asympo_jax.rollout.train_batch import TrainBatch, num_rows
 
 Params = Any
-Batch = dict[str, Any]
-BuildFn = Callable[[Params, int], tuple[Batch, dict[str, float]]]
+BuildFn = Callable[[Params, int], tuple[TrainBatch, dict[str, float]]]
 
 MODES = ("fixed_lag", "bounded")
 
@@ -76,10 +75,6 @@ def copy_params(params: Params) -> Params:
   return jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x, params)
 
 
-def rows_of(batch: Batch) -> int:
-  return int(np.shape(next(iter(batch.values())))[0])
-
-
 class RolloutGenerator:
   """Samples train batches on a host thread with lagged parameters; see the module docstring."""
 
@@ -95,7 +90,7 @@ class RolloutGenerator:
     self._v0 = start_step if params0_version is None else params0_version
     self._num_steps = num_steps
     self._cond = threading.Condition()
-    self._ready: dict[int, tuple[Batch, dict[str, float]]] = {}
+    self._ready: dict[int, tuple[TrainBatch, dict[str, float]]] = {}
     self._published = self._v0  # newest version handed to publish (or params0's)
     self._slot: tuple[int, Params] | None = None  # published, not yet taken by the thread
     self._next_get = start_step
@@ -106,7 +101,7 @@ class RolloutGenerator:
     self._thread.start()
 
   # ---------------------------------------------------------------- learner side
-  def get(self, step: int) -> tuple[Batch, dict[str, float]]:
+  def get(self, step: int) -> tuple[TrainBatch, dict[str, float]]:
     """The batch for learner step `step` (steps must be asked for in order) and its metrics."""
     if step != self._next_get or step >= self._num_steps:
       raise ValueError(f"get({step}): expected step {self._next_get} of {self._num_steps}, in order")
@@ -120,7 +115,7 @@ class RolloutGenerator:
       waited = time.perf_counter() - t0 + self._publish_wait
       self._publish_wait = 0.0
     self._next_get += 1
-    lag = step - np.asarray(batch["policy_version"])
+    lag = step - np.asarray(batch.policy_version_B)
     return batch, {**metrics, "rollout/lag_mean": float(lag.mean()), "rollout/lag_max": float(lag.max()),
                    "time/wait_for_data": waited}
 
@@ -192,7 +187,7 @@ class RolloutGenerator:
         idle = time.perf_counter() - t0
         t1 = time.perf_counter()
         batch, info = self._build(params, step)
-        batch = {**batch, "policy_version": np.full((rows_of(batch),), version, np.int32)}
+        batch = batch._replace(policy_version_B=np.full((num_rows(batch),), version, np.int32))
         metrics = {**info, "time/rollout_idle": idle, "time/generate": time.perf_counter() - t1}
         with self._cond:
           self._ready[step] = (batch, metrics)

@@ -1,4 +1,4 @@
-"""Supervised batches for the warm start: the gold answer as the response, in the train batch (docs/design.md §4).
+"""Supervised batches for the warm start: the gold answer as the response, in a TrainBatch (train_batch.py).
 
 The warm start trains with the `nll` objective through the same trainer loop and train step as RL; only the
 batch builder differs. Instead of sampling, each prompt's response is its gold answer written in the answer
@@ -11,9 +11,10 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
-from asympo_jax.rollout.generator import Batch, BuildFn, Params
+from asympo_jax.rollout.generator import BuildFn, Params
 from asympo_jax.rollout.batch import PromptsFn, assemble
 from asympo_jax.rollout.sampler import Samples
+from asympo_jax.rollout.train_batch import TrainBatch
 
 GOLD_FORMAT = " \\boxed{{{answer}}}"
 
@@ -30,7 +31,7 @@ def make_build_batch(prompts_for_step: PromptsFn, encode: Callable[[str], Sequen
   """
   group, width = cfg_rollout.group_size, cfg_rollout.max_new_tokens
 
-  def build_batch(params: Params, step: int) -> tuple[Batch, dict[str, float]]:
+  def build_batch(params: Params, step: int) -> tuple[TrainBatch, dict[str, float]]:
     del params
     prompts, problems = prompts_for_step(step)
     responses = [list(encode(gold_response(p))) + [eos_id] for p in problems]

@@ -26,11 +26,11 @@ from asympo_jax.train import checkpoint
 from asympo_jax.train import metrics
 from asympo_jax.train import optim
 from asympo_jax.rollout import generator as rollout
+from asympo_jax.rollout import train_batch
+from asympo_jax.rollout.train_batch import TrainBatch
 from asympo_jax.train import step as train_step
 from asympo_jax.train.step import TrainState
 
-# The train batch of docs/design.md §4; anything else a builder returns stays on the host.
-BATCH_KEYS = ("tokens", "input_mask", "loss_mask", "rewards", "policy_version", "behaviour_logprobs")
 Evaluate = Callable[[nnx.State, int], Mapping[str, float]]
 
 
@@ -41,15 +41,14 @@ class Result:
   stopped_by_signal: bool
 
 
-def _to_global(batch_local: Mapping[str, Any], rows: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
-  return {k: jax.make_array_from_process_local_data(rows, np.asarray(v)) for k, v in batch_local.items()
-          if k in BATCH_KEYS}
+def _to_global(batch_local: TrainBatch, rows: jax.sharding.NamedSharding) -> TrainBatch:
+  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(rows, np.asarray(v)), batch_local)
 
 
-def _batch_metrics(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def _batch_metrics(batch: TrainBatch) -> dict[str, jax.Array]:
   """Reward and response-length statistics of the global batch."""
-  rewards_B = batch["rewards"].astype(jnp.float32)
-  length_B = batch["loss_mask"].sum(axis=1)
+  rewards_B = batch.rewards_B.astype(jnp.float32)
+  length_B = batch.loss_mask_BxT.sum(axis=1)
   return {"reward/mean": rewards_B.mean(), "reward/std": rewards_B.std(),
           "reward/accuracy": (rewards_B >= 1.0).mean(), "response/length_mean": length_B.mean(),
           "response/length_max": length_B.max(), "response/tokens": length_B.sum()}
@@ -66,7 +65,7 @@ class _Run:
     self.rows = train_step.batch_sharding(mesh)
     self.ref_params = rollout.copy_params(params) if cfg.objective.kl_coef > 0 else None
     self.rng = np.asarray(jax.random.key_data(jax.random.key(cfg.seed))).tolist()
-    self.pending: dict[int, tuple[dict[str, jax.Array], dict[str, float]]] = {}
+    self.pending: dict[int, tuple[TrainBatch, dict[str, float]]] = {}
     self.ckpt = checkpoint.Checkpointer(cfg.workdir, cfg.checkpoint.keep)
 
   # ---------------------------------------------------------------- checkpoints
@@ -90,18 +89,24 @@ class _Run:
     if changed:
       logging.warning("resuming %s with changed config keys: %s", self.cfg.workdir, ", ".join(changed))
     self.state = restored["train"]
-    self.pending = {int(t): (batch, meta["pending_info"][t]) for t, batch in restored["pending"].items()}
+    self.pending = {int(t): (TrainBatch.from_fields(fields), meta["pending_info"][t])
+                    for t, fields in restored["pending"].items()}
     logging.info("resumed from step %d (%d batches already sampled)", step, len(self.pending))
     return step, meta.get("record")
+
+  def fetch(self, gen: rollout.RolloutGenerator, step: int) -> tuple[TrainBatch, dict[str, float]]:
+    """Batch `step` from the generator, checked against the contract and made global."""
+    local, info = gen.get(step)
+    train_batch.check(local, self.cfg.rollout.max_prompt_len, self.cfg.rollout.max_new_tokens)
+    return _to_global(local, self.rows), info
 
   def save(self, step: int, gen: rollout.RolloutGenerator, record: Mapping[str, float]) -> None:
     # Take the batches already sampled for the next steps out of the generator, so they can be saved.
     last = min(step + self.cfg.rollout.staleness, self.cfg.train.steps)
     for t in range(step, last):
       if t not in self.pending:
-        batch, info = gen.get(t)
-        self.pending[t] = (_to_global(batch, self.rows), info)
-    pending = {str(t): self.pending[t] for t in range(step, last)}
+        self.pending[t] = self.fetch(gen, t)
+    pending = {str(t): (self.pending[t][0].present(), self.pending[t][1]) for t in range(step, last)}
     # Prompts are a function of the step (data.problems_for_step), so the step is the data position.
     position = {"next_step": step, "prompts_consumed": step * self.cfg.rollout.prompts_per_step}
     meta = {"step": step, "data_position": position, "rng": self.rng, "config": self.cfg.to_dict(),
@@ -127,7 +132,7 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
           transfer: Callable[[Any], Any] = rollout.copy_params, evaluate: Evaluate | None = None) -> Result:
   """Runs (or resumes) the loop until cfg.train.steps or a stop signal; see the module docstring.
 
-  `build_batch(params, step) -> (batch, info)` samples this process's rows of batch `step` (docs/design.md §4)
+  `build_batch(params, step) -> (batch, info)` samples this process's rows of batch `step` (a TrainBatch)
   with the generator's copy of the params (made by `transfer`); `evaluate(params, step)` returns eval
   metrics of the params after `step` updates: before training, every cfg.eval.every steps and at the end.
 
@@ -141,7 +146,8 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
   writer = metrics.MetricsWriter(cfg.workdir, cfg.metrics, cfg.to_dict(), is_main, start_step=start,
                                  checkpoint_record=start_record)
   bar = metrics.ProgressBar(start, total, enabled=is_main and cfg.metrics.progress_bar)
-  step_fn = train_step.make_train_step(cfg, run.graphdef, run.rest, run.tx, run.schedule, mesh, run.shardings)
+  spec = train_step.TrainSpec.from_config(cfg)
+  step_fn = train_step.make_train_step(spec, run.graphdef, run.rest, run.tx, run.schedule, mesh, run.shardings)
   stats = jax.jit(_batch_metrics)
   stop = checkpoint.StopSignals()
   gen = rollout.RolloutGenerator(build_batch, run.state.params, cfg.rollout, total,
@@ -162,9 +168,7 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
       if step in run.pending:
         batch, info = run.pending.pop(step)
       else:
-        local, info = gen.get(step)
-        train_step.check_batch(local, cfg.rollout)
-        batch = _to_global(local, run.rows)
+        batch, info = run.fetch(gen, step)
       t1 = time.perf_counter()
       run.state, step_metrics = step_fn(run.state, batch, run.ref_params)
       scalars = jax.device_get({**step_metrics, **stats(batch)})
@@ -172,7 +176,7 @@ def train(cfg: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module, build_b
       gen.publish(run.state.params, step + 1)
       t3 = time.perf_counter()
       step += 1
-      rows, width = batch["tokens"].shape
+      rows, width = batch.tokens_BxT.shape
       scalars.update(info)
       scalars.update({"time/get_batch": t1 - t0, "time/train": t2 - t1, "time/publish": t3 - t2,
                       "time/step": t3 - t0, "throughput/train_tokens_per_s": rows * width / (t2 - t1),

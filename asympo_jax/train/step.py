@@ -7,15 +7,18 @@ micro-batches, and sharding the rows over (data, fsdp) changes nothing but the o
 
 Micro-batch m takes rows m, m + M, m + 2M, ... (a strided split): every micro-batch is then spread over
 all batch shards the same way the full batch is, so no device idles while another works.
+
+The step reads a `TrainSpec`, not the config: the few values it depends on, frozen, so a step is a function
+of its spec and its inputs.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+import dataclasses
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -25,9 +28,34 @@ from asympo_jax.train import objectives
 from asympo_jax.train import optim
 from asympo_jax.common import sharding
 from asympo_jax.model.logprobs import token_logprobs
+from asympo_jax.rollout.train_batch import TrainBatch
 
-Batch = dict[str, jax.Array]
 BATCH_AXES = ("data", "fsdp")
+RopeInputs = tuple[jax.Array, jax.Array]  # cos and sin, see model.decoder.rope_inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """What the train step reads of the config."""
+  group_size: int  # rollout.group_size: rows per prompt, the groups of the advantages
+  response_len: int  # rollout.max_new_tokens: the last columns of a batch, the only ones scored
+  micro_batches: int  # train.micro_batches
+  logprob_chunk: int  # train.logprob_chunk: time-chunk length of the log-probs, 0 for direct
+  std_normalize: bool  # advantage.std_normalize
+  objective: ml_collections.FrozenConfigDict  # config.objective: the objective's name and parameters
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> "TrainSpec":
+    return cls(group_size=cfg.rollout.group_size, response_len=cfg.rollout.max_new_tokens,
+               micro_batches=cfg.train.micro_batches, logprob_chunk=cfg.train.logprob_chunk,
+               std_normalize=cfg.advantage.std_normalize, objective=ml_collections.FrozenConfigDict(cfg.objective))
+
+
+class Rows(NamedTuple):
+  """What a micro-batch takes its rows of: the batch, its advantages and the RoPE inputs (or None)."""
+  batch: TrainBatch
+  advantages_B: jax.Array
+  rope: RopeInputs | None
 
 
 class TrainState(NamedTuple):
@@ -57,43 +85,24 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, mesh: Mesh) 
   return TrainState(params, opt_state), shardings
 
 
-def check_batch(batch: Mapping[str, Any], cfg_rollout: ml_collections.ConfigDict) -> None:
-  """Raises ValueError unless a host batch has the layout the step relies on (docs/design.md §4): the fields it
-  reads, T = max_prompt_len + max_new_tokens columns, and loss_mask 0 on the prompt columns. The step scores
-  only the last max_new_tokens columns, so a loss token before them would silently drop out of the loss."""
-  missing = [k for k in ("tokens", "input_mask", "loss_mask", "rewards") if k not in batch]
-  if missing:
-    raise ValueError(f"train batch: missing fields {missing} (docs/design.md §4)")
-  prompt, response = cfg_rollout.max_prompt_len, cfg_rollout.max_new_tokens
-  width = np.shape(batch["tokens"])[1]
-  if width != prompt + response:
-    raise ValueError(f"train batch: tokens has {width} columns, expected rollout.max_prompt_len + "
-                     f"rollout.max_new_tokens = {prompt} + {response} (docs/design.md §4)")
-  rows = np.flatnonzero(np.any(np.asarray(batch["loss_mask"])[:, :prompt] != 0, axis=1))
-  if rows.size:
-    raise ValueError(f"train batch: loss_mask is non-zero in the first rollout.max_prompt_len={prompt} (prompt) "
-                     f"columns of rows {rows[:5].tolist()}; responses must sit in the last "
-                     f"rollout.max_new_tokens={response} columns (docs/design.md §4)")
-
-
-def policy_logprobs(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, batch: Batch,
-                    chunk: int, response_len: int) -> tuple[jax.Array, jax.Array]:
+def policy_logprobs(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, batch: TrainBatch,
+                    chunk: int, response_len: int, rope: RopeInputs | None = None) -> tuple[jax.Array, jax.Array]:
   """(logprobs_BxT, entropy_BxT) of the batch's own tokens under `params`, on its last `response_len`
-  columns (0 elsewhere): in a train batch (docs/design.md §4) the responses and so the loss are there.
+  columns (0 elsewhere): in a train batch the responses and so the loss are there.
 
-  The RoPE cos and sin come from batch["rope"] when the batch holds them (`make_train_step` adds them).
+  `rope`: the RoPE cos and sin of the batch's positions, or None to compute them inside (common/cpu.py).
   """
   model = nnx.merge(graphdef, params, rest)
-  hidden_BxTxD, _ = model(batch["tokens"], model_lib.positions_of(batch["input_mask"]), batch["input_mask"],
-                          rope=batch.get("rope"))
-  T = batch["tokens"].shape[1]
-  return token_logprobs(hidden_BxTxD, model.unembedding(), batch["tokens"], chunk, start=max(1, T - response_len))
+  tokens_BxT, mask_BxT = batch.tokens_BxT, batch.input_mask_BxT
+  hidden_BxTxD, _ = model(tokens_BxT, model_lib.positions_of(mask_BxT), mask_BxT, rope=rope)
+  T = tokens_BxT.shape[1]
+  return token_logprobs(hidden_BxTxD, model.unembedding(), tokens_BxT, chunk, start=max(1, T - response_len))
 
 
-def _inputs(cfg: ml_collections.ConfigDict, lp_BxT, ent_BxT, mb: Batch, ref_BxT) -> objectives.Inputs:
-  if cfg.objective.entropy_coef == 0:  # a metric only: keep its backward pass out of the graph
+def _inputs(spec: TrainSpec, lp_BxT, ent_BxT, mb: Rows, ref_BxT) -> objectives.Inputs:
+  if spec.objective.entropy_coef == 0:  # a metric only: keep its backward pass out of the graph
     ent_BxT = jax.lax.stop_gradient(ent_BxT)
-  return objectives.Inputs(lp_BxT, mb["loss_mask"], mb["advantages"], mb.get("behaviour_logprobs"),
+  return objectives.Inputs(lp_BxT, mb.batch.loss_mask_BxT, mb.advantages_B, mb.batch.behaviour_logprobs_BxT,
                            ref_BxT, ent_BxT)
 
 
@@ -101,48 +110,48 @@ def _sign_part(x: objectives.Inputs, sign: float) -> objectives.Inputs:
   return x._replace(advantages_B=jnp.where(x.advantages_B * sign > 0, x.advantages_B, 0.0))
 
 
-def micro_batch_loss(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, rest: nnx.State,
-                     params: nnx.State, mb: Batch, denoms: dict[str, jax.Array],
+def micro_batch_loss(spec: TrainSpec, graphdef: nnx.GraphDef, rest: nnx.State,
+                     params: nnx.State, mb: Rows, denoms: dict[str, jax.Array],
                      ref_params: nnx.State | None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One micro-batch's share of the full-batch loss, and its additive metrics.
 
   With objective.split_grad_norms the loss is a vector [total, positive part, negative part] (the policy
   loss of the positive- and negative-advantage responses), so one forward serves three backward passes.
   """
-  score = dict(chunk=cfg.train.logprob_chunk, response_len=cfg.rollout.max_new_tokens)
-  lp_BxT, ent_BxT = policy_logprobs(graphdef, params, rest, mb, **score)
+  score = dict(chunk=spec.logprob_chunk, response_len=spec.response_len, rope=mb.rope)
+  lp_BxT, ent_BxT = policy_logprobs(graphdef, params, rest, mb.batch, **score)
   ref_BxT = None
   if ref_params is not None:
-    ref_BxT = jax.lax.stop_gradient(policy_logprobs(graphdef, ref_params, rest, mb, **score)[0])
-  x = _inputs(cfg, lp_BxT, ent_BxT, mb, ref_BxT)
-  loss, metrics = objectives.loss_and_metrics(cfg.objective, x, denoms)
-  if cfg.objective.split_grad_norms:
-    loss = jnp.stack([loss] + [objectives.policy_loss(cfg.objective, _sign_part(x, sign), denoms)
+    ref_BxT = jax.lax.stop_gradient(policy_logprobs(graphdef, ref_params, rest, mb.batch, **score)[0])
+  x = _inputs(spec, lp_BxT, ent_BxT, mb, ref_BxT)
+  loss, metrics = objectives.loss_and_metrics(spec.objective, x, denoms)
+  if spec.objective.split_grad_norms:
+    loss = jnp.stack([loss] + [objectives.policy_loss(spec.objective, _sign_part(x, sign), denoms)
                                for sign in (1.0, -1.0)])
   return loss, metrics
 
 
-def split_micro_batches(batch: Batch, num: int) -> Batch:
-  """[B, ...] -> [num, B / num, ...], micro-batch m holding rows m, m + num, ..."""
-  return jax.tree.map(lambda x: x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1), batch)
+def split_micro_batches(rows: Any, num: int) -> Any:
+  """Every [B, ...] leaf -> [num, B / num, ...], micro-batch m holding rows m, m + num, ..."""
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1), rows)
 
 
-def loss_and_grads(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, rest: nnx.State, params: nnx.State,
-                   batch: Batch, ref_params: nnx.State | None = None,
-                   grad_shardings: Any = None) -> tuple[jax.Array, nnx.State, dict[str, jax.Array]]:
-  """Loss, gradient and metrics of the full batch, accumulated over cfg.train.micro_batches.
+def loss_and_grads(spec: TrainSpec, graphdef: nnx.GraphDef, rest: nnx.State, params: nnx.State,
+                   batch: TrainBatch, ref_params: nnx.State | None = None, grad_shardings: Any = None,
+                   rope: RopeInputs | None = None) -> tuple[jax.Array, nnx.State, dict[str, jax.Array]]:
+  """Loss, gradient and metrics of the full batch, accumulated over spec.micro_batches.
 
   The advantages and the objective's denominators come from the whole batch before it is split.
-  `grad_shardings` (the params' shardings) pins the accumulator's layout inside the loop.
+  `grad_shardings` (the params' shardings) pins the accumulator's layout inside the loop; `rope` is as in
+  `policy_logprobs`.
   """
-  adv_B = objectives.group_advantages(batch["rewards"], cfg.rollout.group_size, cfg.advantage.std_normalize)
-  batch = {**batch, "advantages": adv_B}
-  denoms = objectives.denominators(objectives.Inputs(None, batch["loss_mask"], adv_B))
-  want_sides = cfg.objective.split_grad_norms
+  adv_B = objectives.group_advantages(batch.rewards_B, spec.group_size, spec.std_normalize)
+  denoms = objectives.denominators(objectives.Inputs(None, batch.loss_mask_BxT, adv_B))
+  want_sides = spec.objective.split_grad_norms
 
-  def one(mb):
+  def one(mb: Rows):
     losses, backward, metrics = jax.vjp(
-        lambda p: micro_batch_loss(cfg, graphdef, rest, p, mb, denoms, ref_params), params, has_aux=True)
+        lambda p: micro_batch_loss(spec, graphdef, rest, p, mb, denoms, ref_params), params, has_aux=True)
     if not want_sides:
       return losses, backward(jnp.ones_like(losses))[0], metrics, ()
     grads, pos, neg = (backward(jax.nn.one_hot(i, 3, dtype=losses.dtype))[0] for i in range(3))
@@ -150,11 +159,12 @@ def loss_and_grads(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, rest:
 
   pin = (lambda t: t) if grad_shardings is None else (
       lambda t: jax.lax.with_sharding_constraint(t, grad_shardings))
-  num = cfg.train.micro_batches
+  num = spec.micro_batches
+  rows = Rows(batch, adv_B, rope)
   if num == 1:
-    loss, grads, metrics, sides = one(batch)
+    loss, grads, metrics, sides = one(rows)
   else:
-    micro = split_micro_batches(batch, num)
+    micro = split_micro_batches(rows, num)
 
     def body(carry, mb):
       loss, grads, metrics, sides = one(mb)
@@ -188,31 +198,30 @@ def update(tx: optax.GradientTransformation, schedule: optax.Schedule, state: Tr
   return TrainState(params, opt_state), metrics
 
 
-def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef, rest: nnx.State,
+def make_train_step(spec: TrainSpec, graphdef: nnx.GraphDef, rest: nnx.State,
                     tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
                     shardings: TrainState) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """step(state, batch, ref_params) -> (state, metrics), jitted with explicit shardings; `state` is donated.
 
-  `batch` holds global arrays sharded by `batch_sharding(mesh)`; `ref_params` is None unless
+  `batch` is a TrainBatch of global arrays sharded by `batch_sharding(mesh)`; `ref_params` is None unless
   objective.kl_coef > 0 (then the frozen reference policy, sharded like the params).
   """
   replicated = NamedSharding(mesh, PartitionSpec())
   rows = batch_sharding(mesh)
 
-  def step(state: TrainState, batch: Batch, ref_params: nnx.State | None):
-    loss, grads, metrics = loss_and_grads(cfg, graphdef, rest, state.params, batch, ref_params,
-                                          grad_shardings=shardings.params)
+  def step(state: TrainState, batch: TrainBatch, rope: RopeInputs | None, ref_params: nnx.State | None):
+    loss, grads, metrics = loss_and_grads(spec, graphdef, rest, state.params, batch, ref_params,
+                                          grad_shardings=shardings.params, rope=rope)
     state, opt_metrics = update(tx, schedule, state, grads)
     return state, {"loss": loss, **metrics, **opt_metrics}
 
-  ref_shardings = shardings.params if cfg.objective.kl_coef > 0 else None
-  jitted = jax.jit(step, in_shardings=(shardings, rows, ref_shardings), out_shardings=(shardings, replicated),
+  ref_shardings = shardings.params if spec.objective.kl_coef > 0 else None
+  jitted = jax.jit(step, in_shardings=(shardings, rows, rows, ref_shardings), out_shardings=(shardings, replicated),
                    donate_argnums=0)
 
-  def run(state: TrainState, batch: Batch, ref_params: nnx.State | None = None):
+  def run(state: TrainState, batch: TrainBatch, ref_params: nnx.State | None = None):
     with jax.set_mesh(mesh):  # the model's activation constraints read the mesh while tracing
-      rope = model_lib.rope_inputs(graphdef, batch["input_mask"], state.params, rest)  # see model.Decoder
-      return jitted(state, {**batch, "rope": rope}, ref_params)
+      rope = model_lib.rope_inputs(graphdef, batch.input_mask_BxT, state.params, rest)
+      return jitted(state, batch, rope, ref_params)
 
-  run.jitted = jitted
   return run

@@ -174,26 +174,26 @@ def test_validate_names_the_key():
   cfg = config.base_config()
   cfg.data.eval = "gsm8k_test,nope"
   with pytest.raises(config.ConfigError, match="config.data.eval"):
-    data.validate(cfg)
+    data.validate(cfg.data)
   for spec, message in [("math500_test?level=5", "takes only where"), ("math500_test?level", "not key=value")]:
     cfg = config.base_config()
     cfg.data.train = spec
     with pytest.raises(config.ConfigError, match=f"config.data.train: .*{message}"):
-      data.validate(cfg)
+      data.validate(cfg.data)
   cfg = config.base_config()
   cfg.data.train = "math500_test?where.level=4|5"
-  data.validate(cfg)
+  data.validate(cfg.data)
   cfg = config.base_config()
   cfg.data.eval = "gym:chain_sum?size=5&seed=1,gym:chain_sum?size=5&seed=2"
   with pytest.raises(config.ConfigError, match=r"config.data.eval: several eval sets are named \['chain_sum'\]"):
-    data.validate(cfg)
+    data.validate(cfg.data)
   cfg.data.eval = "gym:chain_sum?size=5&seed=1,gym:chain_sum?size=5&seed=2&name=chain_sum_2"
-  data.validate(cfg)
+  data.validate(cfg.data)
   cfg = config.base_config()
   cfg.data.template = "fancy"
   with pytest.raises(config.ConfigError, match="config.data.template"):
-    data.validate(cfg)
-  data.validate(config.base_config())
+    data.validate(cfg.data)
+  data.validate(config.base_config().data)
 
 
 def test_hub_loading_maps_fields_through_datasets(monkeypatch):

@@ -127,5 +127,5 @@ def test_validate_names_the_key():
   cfg = config.base_config()
   cfg.eval.temperature = 0.0
   with pytest.raises(config.ConfigError, match="config.eval.temperature"):
-    evaluation.validate(cfg)
-  evaluation.validate(config.base_config())
+    evaluation.validate(cfg.eval)
+  evaluation.validate(config.base_config().eval)

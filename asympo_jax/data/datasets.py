@@ -338,17 +338,17 @@ def problems_for_step(problems: list[Problem], step: int, count: int, seed: int)
   return picks
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
+def validate(cfg_data: ml_collections.ConfigDict) -> None:
   """Checks config.data without loading anything."""
   for key in ("train", "eval"):
-    for spec in split_specs(cfg.data[key]):
+    for spec in split_specs(cfg_data[key]):
       try:
         parse_spec(spec)
       except DataError as e:
         raise ConfigError(f"config.data.{key}: {e}") from e
-  names = [spec_name(spec) for spec in split_specs(cfg.data.eval)]
+  names = [spec_name(spec) for spec in split_specs(cfg_data.eval)]
   repeated = sorted({n for n in names if names.count(n) > 1})
   check(not repeated, "data.eval", f"several eval sets are named {repeated}: give each its own name= option")
-  check(cfg.data.template in prompts.TEMPLATES, "data.template", f"one of {sorted(prompts.TEMPLATES)}")
-  check(cfg.data.reward_workers >= 1, "data.reward_workers", "must be >= 1")
-  check(cfg.data.reward_timeout_s > 0, "data.reward_timeout_s", "must be > 0")
+  check(cfg_data.template in prompts.TEMPLATES, "data.template", f"one of {sorted(prompts.TEMPLATES)}")
+  check(cfg_data.reward_workers >= 1, "data.reward_workers", "must be >= 1")
+  check(cfg_data.reward_timeout_s > 0, "data.reward_timeout_s", "must be > 0")

@@ -123,8 +123,9 @@ def plot(records: Sequence[dict[str, Any]], benchmark: str, path: str) -> None:
   plt.close(fig)
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
-  check(cfg.eval.every >= 0, "eval.every", "must be >= 0 (0: off)")
-  check(cfg.eval.samples >= 0, "eval.samples", "must be >= 0 (0: greedy only)")
-  check(cfg.eval.temperature > 0, "eval.temperature", "must be > 0 (greedy decoding is always reported)")
-  check(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
+def validate(cfg_eval: ml_collections.ConfigDict) -> None:
+  """Checks config.eval."""
+  check(cfg_eval.every >= 0, "eval.every", "must be >= 0 (0: off)")
+  check(cfg_eval.samples >= 0, "eval.samples", "must be >= 0 (0: greedy only)")
+  check(cfg_eval.temperature > 0, "eval.temperature", "must be > 0 (greedy decoding is always reported)")
+  check(cfg_eval.batch_size >= 1, "eval.batch_size", "must be >= 1")

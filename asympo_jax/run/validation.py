@@ -24,14 +24,14 @@ from asympo_jax.common import sharding
 from asympo_jax.common.checks import check
 from asympo_jax.run.config import validate_keys
 
-# Section validators, each given the whole config.
+# Section validators, each given the whole config (most read their own section only).
 SECTIONS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "model": lambda c: model_config.validate(c.model),
-    "data": data.validate,
+    "data": lambda c: data.validate(c.data),
     "objective": objectives.validate,
     "rollout": lambda c: rollout.validate(c.rollout),
     "sampler": lambda c: sampler.validate(c.rollout),
-    "eval": evaluation.validate,
+    "eval": lambda c: evaluation.validate(c.eval),
     "optim": lambda c: optim.validate(c.optim),
     "checkpoint": lambda c: checkpoint.validate(c.checkpoint),
     "metrics": lambda c: metrics.validate(c.metrics),

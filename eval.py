@@ -137,8 +137,8 @@ def configure(ckpt: Checkpoint) -> ml_collections.ConfigDict:
     if value is not None:
       section, name = key.split(".")
       cfg[section][name] = value
-  data.validate(cfg)
-  evaluation.validate(cfg)
+  data.validate(cfg.data)
+  evaluation.validate(cfg.eval)
   if not data.split_specs(cfg.data.eval):
     raise app.UsageError("no benchmarks: give --benchmarks or set config.data.eval")
   return cfg

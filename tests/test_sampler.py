@@ -158,6 +158,35 @@ def test_behaviour_logprobs_equal_full_forward(checkpoint):
     assert (samples.logprobs_BxN[row, n:] == 0).all()
 
 
+def test_sampled_behaviour_logprobs_are_those_of_the_filtered_renormalised_distribution(checkpoint):
+  # rollout.behaviour_logprobs = "sampled": at every position, log of softmax(logits / 0.7) restricted to the top-p
+  # 0.9 nucleus and renormalised, from a full forward pass of the torch model over the sampled sequence.
+  torch_model, model = checkpoint
+  temperature, top_p = 0.7, 0.9
+  cfg = rollout_cfg(prompts_per_step=2, group_size=8, temperature=temperature, top_p=top_p,
+                    record_behaviour_logprobs=True, behaviour_logprobs="sampled")
+  prompts = random_prompts([5, 12], seed=6)
+  samples = Sampler(model, cfg, eos_ids=[2], pad_id=0).generate(nnx.state(model), prompts, seed=2, step=1)
+  tokens, mask, starts = full_sequences(prompts, samples, cfg.group_size)
+  logits = torch_logits(torch_model, tokens, mask).astype(np.float64)
+  gaps = []
+  for row in range(len(tokens)):
+    n = samples.mask_BxN[row].sum()
+    for i in range(n):
+      x = logits[row, starts[row] + i - 1]
+      tok = tokens[row, starts[row] + i]
+      p = np.exp(x / temperature - (x / temperature).max())
+      p /= p.sum()
+      nucleus = np.array([p[p > q].sum() < top_p for q in p])  # less than top_p of the mass is more likely
+      assert nucleus[tok]
+      want = np.log(p[tok] / p[nucleus].sum())
+      np.testing.assert_allclose(samples.logprobs_BxN[row, i], want, atol=1e-5, err_msg=(row, i))
+      raw = x[tok] - x.max() - np.log(np.exp(x - x.max()).sum())
+      gaps.append(want - raw)
+    assert (samples.logprobs_BxN[row, n:] == 0).all()
+  assert max(np.abs(gaps)) > 0.1  # the processed log-probs are not the raw model ones
+
+
 def test_response_depends_only_on_seed_step_prompt_and_sample(checkpoint):
   _, model = checkpoint
   a, b, c = random_prompts([5, 8, 3], seed=4)

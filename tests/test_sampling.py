@@ -90,3 +90,29 @@ def test_stop_sequence_hit(window):
   seqs = ((1, 2), (3,), (0, 0, 0))
   want = any(tuple(window[len(window) - len(s):]) == s for s in seqs)
   assert bool(sampling.stop_sequence_hit(jnp.asarray([window], jnp.int32), seqs)[0]) == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(logits=st.lists(logit_values, min_size=2, max_size=12).filter(lambda v: max(v) > -np.inf),
+       top_k=st.integers(0, 5), top_p=st.sampled_from([1.0, 0.95, 0.5, 0.1]),
+       temperature=st.sampled_from([0.0, 0.5, 1.0, 2.0]), seed=st.integers(0, 1000))
+def test_scored_choice_gives_the_raw_and_the_sampled_logprob(logits, top_k, top_p, temperature, seed):
+  logits = np.asarray(logits, np.float32)
+  rows = 16
+  x = jnp.broadcast_to(logits, (rows, len(logits)))
+  uniforms = jax.random.uniform(jax.random.PRNGKey(seed), (rows,))
+  tokens, raw = sampling.choose_scored(x, uniforms, temperature, top_k, top_p, "raw")
+  tokens2, processed = sampling.choose_scored(x, uniforms, temperature, top_k, top_p, "sampled")
+  np.testing.assert_array_equal(tokens, tokens2)
+  np.testing.assert_array_equal(tokens, sampling.choose(x, uniforms, temperature, top_k, top_p))
+  assert sampling.choose_scored(x, uniforms, temperature, top_k, top_p)[1] is None
+  tokens = np.asarray(tokens)
+  finite = logits[np.isfinite(logits)].astype(np.float64)
+  model_logprob = logits.astype(np.float64) - finite.max() - np.log(np.exp(finite - finite.max()).sum())
+  np.testing.assert_allclose(raw, model_logprob[tokens], atol=1e-5)
+  if temperature == 0.0:  # greedy: the chosen token had probability 1
+    np.testing.assert_array_equal(processed, 0.0)
+    return
+  ok = allowed(logits / temperature, top_k, top_p)
+  p = np.where(ok, np.exp((logits.astype(np.float64) - finite.max()) / temperature), 0.0)
+  np.testing.assert_allclose(processed, np.log(p[tokens] / p.sum()), atol=1e-5)

@@ -27,10 +27,12 @@ Randomness: row p*G + g draws its t-th token at the t-th of the uniform numbers 
 depends on (seed, step, prompt id, g) only (sampling.row_keys), so a response never depends on the rest of the
 batch.
 
-Behaviour log-probs (rollout.record_behaviour_logprobs, used by the grpo baseline and the diagnostics) are the
-float32 log-softmax of the *untempered, unfiltered* model logits at the sampled token: the objectives compare
-them with the current policy's log-probs, which are untempered. With temperature != 1 or top-k/top-p they
-are therefore not the log-probs of the distribution the token was actually drawn from.
+Behaviour log-probs (rollout.record_behaviour_logprobs, used by the behaviour-corrected baselines and the
+diagnostics) are float32, at the sampled token. rollout.behaviour_logprobs = "raw" records the log-softmax of
+the *untempered, unfiltered* model logits; with temperature != 1 or top-k/top-p these are not the log-probs of
+the distribution the token was drawn from, and importance ratios against them are biased (under top-p alone
+they are off by log S per token, S the nucleus's mass). "sampled" records those of the distribution actually
+sampled: tempered, filtered and renormalised (`sampling.sampling_logits`).
 
 With `mesh`, the prompts' rows and so the cache and the whole decode are split over its data x fsdp shards;
 the parameters must already be laid out on that mesh (run.make_transfer puts published ones there). The
@@ -73,6 +75,8 @@ def validate(cfg_rollout: ml_collections.ConfigDict) -> None:
   check(0 < cfg_rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {cfg_rollout.top_p}")
   check(isinstance(cfg_rollout.top_k, int) and cfg_rollout.top_k >= 0, "rollout.top_k",
         f"must be an integer >= 0 (0: off), got {cfg_rollout.top_k!r}")
+  check(cfg_rollout.behaviour_logprobs in ("raw", "sampled"), "rollout.behaviour_logprobs",
+        f"must be raw or sampled, got {cfg_rollout.behaviour_logprobs!r}")
   check(isinstance(cfg_rollout.decode_segments, int) and cfg_rollout.decode_segments >= 1,
         "rollout.decode_segments", f"must be an integer >= 1, got {cfg_rollout.decode_segments!r}")
   stops = cfg_rollout.stop_sequences
@@ -129,7 +133,7 @@ class DecodeSpec:
   top_p: float
   stop_sequences: tuple[tuple[int, ...], ...]
   pad_id: int
-  record_logprobs: bool
+  logprobs: str  # "": not recorded; else rollout.behaviour_logprobs (raw | sampled)
   segments: int
 
 
@@ -194,11 +198,12 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_PxL: jax.Ar
     """Chooses token i of every unfinished row and records why rows finish."""
     tokens, logprobs, length, finish, recent = carry
     done = length <= i  # finished before step i
-    token = sampling.choose(logits_BxV, uniforms_BxN[:, i], spec.temperature, spec.top_k, spec.top_p)
+    token, logprob = sampling.choose_scored(logits_BxV, uniforms_BxN[:, i], spec.temperature, spec.top_k,
+                                            spec.top_p, spec.logprobs)
     token = jnp.where(done, spec.pad_id, token)
     tokens = tokens.at[:, i].set(token)
-    if spec.record_logprobs:
-      logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, sampling.token_logprob(logits_BxV, token)))
+    if spec.logprobs:
+      logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, logprob))
     recent = jnp.concatenate([recent[:, 1:], token[:, None]], axis=1)
     is_eos = ~done & jnp.isin(token, eos_E)
     is_stop = ~done & ~is_eos & sampling.stop_sequence_hit(recent, spec.stop_sequences)
@@ -267,7 +272,8 @@ class Sampler:
         max_new_tokens=cfg_rollout.max_new_tokens, temperature=float(cfg_rollout.temperature),
         top_k=cfg_rollout.top_k, top_p=float(cfg_rollout.top_p),
         stop_sequences=tuple(tuple(s) for s in cfg_rollout.stop_sequences), pad_id=int(pad_id),
-        record_logprobs=bool(cfg_rollout.record_behaviour_logprobs), segments=cfg_rollout.decode_segments)
+        logprobs=cfg_rollout.behaviour_logprobs if cfg_rollout.record_behaviour_logprobs else "",
+        segments=cfg_rollout.decode_segments)
     self.eos_E = np.asarray(eos_ids, np.int32)
     if mesh is not None:  # placed once: every call reads it
       self.eos_E = jax.device_put(self.eos_E, NamedSharding(mesh, PartitionSpec()))
@@ -305,4 +311,4 @@ class Sampler:
       out = generate_arrays(self.graphdef, state, *arrays, self.eos_E, rope, spec=self.spec)
     out = jax.device_get(out)
     return Samples(out["tokens"], out["mask"], out["finish"],
-                   out["logprobs"] if self.spec.record_logprobs else None, int(out["forward_passes"]))
+                   out["logprobs"] if self.spec.logprobs else None, int(out["forward_passes"]))

@@ -84,12 +84,34 @@ def draw(logits_BxV: jax.Array, uniform_B: jax.Array) -> jax.Array:
   return jnp.where(drawn_p > 0, token_B, first_argmax(logits)).astype(jnp.int32)
 
 
+def sampling_logits(logits_BxV: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+  """The logits of the distribution a token is drawn from at temperature > 0: tempered, then filtered (-inf
+  outside the top-k and the nucleus); their softmax is that distribution, renormalised over what stays."""
+  return filter_logits(logits_BxV.astype(jnp.float32) / temperature, top_k, top_p)
+
+
+def choose_scored(logits_BxV: jax.Array, uniform_B: jax.Array, temperature: float, top_k: int, top_p: float,
+                  logprob: str = "") -> tuple[jax.Array, jax.Array | None]:
+  """`choose`'s tokens int32 [B], and their log-probs float32 [B] (None for logprob=""): "raw", the model's
+  untempered, unfiltered ones (`token_logprob`); "sampled", those of the distribution the token was drawn from
+  (`sampling_logits`), 0 under greedy choice, where the chosen token has probability 1."""
+  if temperature == 0.0:
+    token_B, sampled_BxV = first_argmax(logits_BxV), None
+  else:
+    sampled_BxV = sampling_logits(logits_BxV, temperature, top_k, top_p)
+    token_B = draw(sampled_BxV, uniform_B)
+  if logprob == "raw":
+    return token_B, token_logprob(logits_BxV, token_B)
+  if logprob == "sampled":
+    return token_B, (jnp.zeros(token_B.shape, jnp.float32) if sampled_BxV is None
+                     else token_logprob(sampled_BxV, token_B))
+  return token_B, None
+
+
 def choose(logits_BxV: jax.Array, uniform_B: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
   """The next token of each row: greedy when temperature == 0, else a draw from the filtered, tempered
   distribution at the row's uniform number in [0, 1). Returns int32 [B]."""
-  if temperature == 0.0:
-    return first_argmax(logits_BxV)
-  return draw(filter_logits(logits_BxV.astype(jnp.float32) / temperature, top_k, top_p), uniform_B)
+  return choose_scored(logits_BxV, uniform_B, temperature, top_k, top_p)[0]
 
 
 def row_uniforms(keys_B: jax.Array, length: int) -> jax.Array:
@@ -99,7 +121,7 @@ def row_uniforms(keys_B: jax.Array, length: int) -> jax.Array:
 
 
 def token_logprob(logits_BxV: jax.Array, token_B: jax.Array) -> jax.Array:
-  """log softmax(logits)[token] in float32: the untempered, unfiltered model log-prob."""
+  """log softmax(logits)[token] in float32; of the model's logits, the untempered, unfiltered model log-prob."""
   logits = logits_BxV.astype(jnp.float32)
   picked = jnp.take_along_axis(logits, token_B[:, None], 1)[:, 0]
   return picked - jax.nn.logsumexp(logits, axis=-1)

@@ -1,4 +1,5 @@
 """The train step: sharded equals one device, micro-batches equal one batch, the non-finite guard."""
+import contextlib
 import functools
 
 import jax
@@ -10,6 +11,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from asympo_jax.common import cpu
+from asympo_jax.common import sharding
 from asympo_jax.model import decoder as model_lib
 from asympo_jax.train import objectives
 from asympo_jax.train import optim
@@ -83,7 +85,11 @@ def test_step_with_rope_inputs_equals_rope_computed_in_the_step(monkeypatch):
 
 # Every objective of the registry, each with options folded in so their paths are covered too.
 CASES = {name: {"objective.name": name} for name in sorted(objectives.OBJECTIVES)}
-CASES["grpo"].update({"objective.tis_cap": 2.0, "objective.tis_level": "seq", "objective.dual_clip": 3.0})
+CASES["grpo"].update({"objective.tis_cap": 2.0, "objective.tis_level": "seq", "objective.dual_clip": 3.0,
+                      "objective.icepop": True, "objective.icepop_beta": 2.0})
+CASES["dr_grpo"].update({"objective.icepop": True, "objective.icepop_beta": 2.0})
+CASES["decoupled_ppo"].update({"objective.decoupled_cap": 3.0})
+CASES["gspo"].update({"objective.gspo_eps_low": 0.1, "objective.gspo_eps_high": 0.1})
 CASES["asympo"].update({"objective.kl_coef": 0.1, "objective.entropy_coef": 0.01})
 CASES["spo"].update({"objective.split_grad_norms": True})
 CASES["gpg"].update({"train.logprob_chunk": 3})
@@ -91,32 +97,46 @@ CASES["naive"].update({"advantage.std_normalize": False})
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_four_micro_batches_equal_one(case):
+def test_four_micro_batches_on_eight_shards_equal_one_batch_on_one_device(case):
+  # Micro-batch exactness and sharding in one comparison per objective (each side one compile; plain asympo's
+  # sharding alone is checked on three meshes above).
   overrides = {"rollout.record_behaviour_logprobs": True, **CASES[case]}
   cfg1 = tiny_config(**overrides, **{"train.micro_batches": 1})
   cfg4 = tiny_config(**overrides, **{"train.micro_batches": 4})
   objectives.validate(cfg4)
-  graphdef, params, rest = nnx.split(tiny_model(), nnx.Param, ...)
-  ref = nnx.split(tiny_model(seed=1), nnx.Param, ...)[1] if cfg1.objective.kl_coef > 0 else None
   tx, _ = optim.make_optimizer(cfg1.optim, total_steps=10)
-  opt_state = tx.init(params)
+  batch = synthetic_batch(cfg1, seed=2, behaviour=True)
 
-  @jax.jit
-  def both(params, batch):
-    out = []
-    for cfg in (cfg1, cfg4):
-      spec = train_step.TrainSpec.from_config(cfg)
-      loss, grads, metrics = train_step.loss_and_grads(spec, graphdef, rest, params, batch, ref)
-      out.append((loss, grads, metrics, tx.update(grads, opt_state, params)[0]))
-    return out
+  def run(cfg, mesh):
+    graphdef, params, rest = nnx.split(tiny_model(mesh), nnx.Param, ...)
+    ref = nnx.split(tiny_model(mesh, seed=1), nnx.Param, ...)[1] if cfg.objective.kl_coef > 0 else None
+    spec = train_step.TrainSpec.from_config(cfg)
+    pin = None if mesh is None else sharding.state_shardings(params, mesh)
 
-  one, four = jax.device_get(both(params, synthetic_batch(cfg1, seed=2, behaviour=True)))
+    @jax.jit
+    def loss_grads_update(params, batch, ref):
+      loss, grads, metrics = train_step.loss_and_grads(spec, graphdef, rest, params, batch, ref, grad_shardings=pin)
+      return loss, grads, metrics, tx.update(grads, tx.init(params), params)[0]
+
+    rows = None if mesh is None else train_step.batch_sharding(mesh)
+    with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+      return jax.device_get(loss_grads_update(params, jax.device_put(batch, rows), ref))
+
+  one, four = run(cfg1, None), run(cfg4, _mesh((2, 2, 2)))
   tol = dict(rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(four[0], one[0], **tol)
   _assert_trees_close(four[1], one[1], **tol)  # gradients
   _assert_trees_close(four[2], one[2], **tol)  # metrics
   _assert_trees_close(four[3], one[3], **TOL)  # AdamW updates
   assert sum(np.abs(g).sum() for g in jax.tree.leaves(one[1])) > 0
+
+
+def test_the_spec_resolves_the_objective():
+  # dr_grpo's length follows rollout.max_new_tokens, and its advantages are raw whatever advantage.std_normalize.
+  spec = train_step.TrainSpec.from_config(tiny_config(**{"objective.name": "dr_grpo"}))
+  assert (spec.objective.dr_grpo_max_tokens, spec.std_normalize) == (8, False)
+  spec = train_step.TrainSpec.from_config(tiny_config(**{"objective.name": "grpo"}))
+  assert (spec.objective.dr_grpo_max_tokens, spec.std_normalize) == (8, True)
 
 
 @pytest.mark.parametrize("case", ["asympo", "grpo"])

@@ -14,6 +14,7 @@ from absl import app
 
 from asympo_jax.common.checks import ConfigError  # noqa: F401 -- for callers of validate_keys
 from asympo_jax.common.checks import known_keys, refuse_unknown, unknown_keys
+from asympo_jax.train import objectives
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -60,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout.top_p = 1.0
   c.rollout.top_k = 0  # 0: off
   c.rollout.record_behaviour_logprobs = False
+  # raw: log softmax of the model's logits; sampled: of the distribution drawn from (tempered, top-k/top-p
+  # filtered, renormalised)
+  c.rollout.behaviour_logprobs = "raw"
   c.rollout.decode_segments = 2  # decode loops, each over a KV cache just long enough for it (rollout/sampler.py)
   c.rollout.stop_sequences = []  # token-id lists that end a response (kept in it, like EOS)
   c.rollout.devices = ""  # "": sample on the training devices; "4:8": a disjoint device range
@@ -67,19 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.advantage = ml_collections.ConfigDict()
   c.advantage.std_normalize = True
 
-  c.objective = ml_collections.ConfigDict()
-  c.objective.name = "asympo"
-  c.objective.negative_scale = 0.5  # spo's lambda
-  c.objective.eps = 1e-3  # asympo's floor on sg(l_g)
-  c.objective.clip_eps_low = 0.2
-  c.objective.clip_eps_high = 0.2
-  c.objective.dual_clip = 0.0  # 0: off; else c > 1
-  c.objective.aggregation = "seq_mean_token_mean"  # grpo: seq_mean_token_mean | token_mean
-  c.objective.tis_cap = 0.0  # 0: off; else the truncated importance weight cap C
-  c.objective.tis_level = "token"  # token | seq
-  c.objective.kl_coef = 0.0
-  c.objective.entropy_coef = 0.0
-  c.objective.split_grad_norms = False  # log grad norms of the positive and negative parts
+  c.objective = objectives.config_section()  # each objective's keys live in its registry entry
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-6

@@ -41,14 +41,15 @@ class TrainSpec:
   response_len: int  # rollout.max_new_tokens: the last columns of a batch, the only ones scored
   micro_batches: int  # train.micro_batches
   logprob_chunk: int  # train.logprob_chunk: time-chunk length of the log-probs, 0 for direct
-  std_normalize: bool  # advantage.std_normalize
-  objective: ml_collections.FrozenConfigDict  # config.objective: the objective's name and parameters
+  std_normalize: bool  # advantage.std_normalize, off for an objective that takes raw advantages
+  objective: ml_collections.FrozenConfigDict  # config.objective, resolved: the objective's name and parameters
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict) -> "TrainSpec":
     return cls(group_size=cfg.rollout.group_size, response_len=cfg.rollout.max_new_tokens,
                micro_batches=cfg.train.micro_batches, logprob_chunk=cfg.train.logprob_chunk,
-               std_normalize=cfg.advantage.std_normalize, objective=ml_collections.FrozenConfigDict(cfg.objective))
+               std_normalize=objectives.std_normalizes(cfg),
+               objective=ml_collections.FrozenConfigDict(objectives.resolve(cfg)))
 
 
 class Rows(NamedTuple):

@@ -1,4 +1,5 @@
-"""Issue 7 acceptance 2: the sweep runner runs a real 2x2 grid of train.py on the micro config."""
+"""The sweep runner runs real grids of train.py on the micro config: staleness x objective, and the
+behaviour-corrected objectives through sweep.py as a user runs it."""
 import csv
 import math
 import os

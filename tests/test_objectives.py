@@ -376,6 +376,7 @@ def test_scale_imbalance_case(name, kw, ratio, net):
   m = obj.finalize_metrics(m)
   np.testing.assert_allclose(m["balance/pos_nll"], 0.2, rtol=1e-6)
   np.testing.assert_allclose(m["balance/neg_nll"], 3.0, rtol=1e-6)
+  np.testing.assert_allclose(m["balance/nll_gap"], 3.0 - 0.2, rtol=1e-6)
   np.testing.assert_allclose(m["balance/neg_pos_ratio"], ratio, rtol=1e-5)
   np.testing.assert_allclose(m["balance/net_loss"], net, atol=1e-6)
 

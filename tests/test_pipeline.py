@@ -1,4 +1,5 @@
 """The pipeline's pieces: the warm-start run's config and the RL summary."""
+import copy
 import json
 
 import jax
@@ -38,6 +39,25 @@ def test_warm_start_config(cfg, tmp_path):
   validation.validate(w, jax.devices())
 
 
+def test_the_warm_start_cache_key_ignores_what_only_rl_reads(cfg):
+  key = pipeline.warm_start_key(cfg)
+  rl_only = {"objective.name": "grpo", "objective.split_grad_norms": True, "rollout.staleness": 7,
+             "optim.lr": 0.5, "train.steps": 3, "workdir": "/elsewhere", "eval.every": 1,
+             "warm_start.cache_dir": "/cache", "checkpoint.every": 2, "metrics.tensorboard": False}
+  warm = {"seed": 1, "warm_start.steps": 31, "warm_start.lr": 1e-3, "warm_start.target": "solution",
+          "data.train": "gym:chain_sum?size=20&seed=2", "model.scratch": "small", "rollout.group_size": 2,
+          "rollout.max_new_tokens": 32}
+  for changes, same in ((rl_only, True), (warm, False)):
+    for dotted, value in changes.items():
+      changed = copy.deepcopy(cfg)
+      if "." in dotted:
+        section, name = dotted.split(".")
+        changed[section][name] = value
+      else:
+        changed[dotted] = value
+      assert (pipeline.warm_start_key(changed) == key) == same, dotted
+
+
 def test_summary_states_start_end_and_gain(tmp_path):
   key = "eval/task/greedy_accuracy"
   records = [{"step": 0, key: 0.4}, {"step": 1, "reward/mean": 0.3}, {"step": 5, key: 0.7},
@@ -58,6 +78,8 @@ def test_summary_states_start_end_and_gain(tmp_path):
     ({"warm_start.steps": -1}, "warm_start.steps"),
     ({"warm_start.lr": 0.0}, "warm_start.lr"),
     ({"warm_start.warmup_steps": 31}, "warm_start.warmup_steps"),
+    ({"warm_start.target": "gold"}, "warm_start.target"),
+    ({"warm_start.cache_dir": None}, "warm_start.cache_dir"),
 ])
 def test_bad_pipeline_values_name_the_key(cfg, overrides, key):
   for dotted, value in overrides.items():

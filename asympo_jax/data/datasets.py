@@ -9,6 +9,9 @@ separated by commas):
                                                read from the answer field: raw | gsm8k ("#### n") | boxed
   gym:basic_arithmetic?size=500&seed=1&max_terms=3
                                                a seeded reasoning-gym task; the other keys go to its config
+  proc:worked_arithmetic?size=2000&seed=0&max_terms=8
+                                               a seeded procedural task of this package (PROCEDURAL), whose
+                                               problems carry worked solutions; the keys are its Options
   math500_test?where.level=4|5                 a benchmark or file keeping only the records whose field
                                                (here `level`) reads as one of the |-separated values
 
@@ -39,6 +42,7 @@ from absl import logging
 
 from asympo_jax.data import answers
 from asympo_jax.data import prompts
+from asympo_jax.data import worked_arithmetic
 from asympo_jax.common.checks import ConfigError, check
 
 # The benchmark files that ship with the repo (data/math/README.md gives their provenance and licences).
@@ -112,6 +116,19 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Procedural:
+  """A task generated here: its options dataclass (integer fields) and (options) -> (question, solution,
+  answer) triples."""
+  options: type
+  generate: Callable[[Any], list[tuple[str, str, str]]]
+
+
+PROCEDURAL: dict[str, Procedural] = {
+    "worked_arithmetic": Procedural(worked_arithmetic.Options, worked_arithmetic.generate),
+}
+
+
 class NoGoldAnswer(DataError):
   """A record whose gold answer cannot be read in its format."""
 
@@ -166,8 +183,8 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a metric-key component and
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """A dataset spec, parsed (see the module docstring)."""
-  kind: str  # "benchmark", "file" or "gym"
-  target: str  # the benchmark's name, the file's path or the gym task
+  kind: str  # "benchmark", "file", "gym" or "proc"
+  target: str  # the benchmark's name, the file's path, the gym task or the procedural task
   options: Mapping[str, str]  # the kind's own options: a file's fields, a gym task's config
   keep: Filter
   name: str
@@ -176,7 +193,7 @@ class Spec:
 
 def parse_spec(spec: str) -> Spec:
   """Checks a spec's syntax and options without loading anything; DataError names what is wrong."""
-  kind, _, rest = spec.partition(":") if spec.startswith(("file:", "gym:")) else ("benchmark", "", spec)
+  kind, _, rest = spec.partition(":") if spec.startswith(("file:", "gym:", "proc:")) else ("benchmark", "", spec)
   target, _, query = rest.partition("?")
   options = parse_options(query, spec)
   name, strict = options.pop("name", None), options.pop("strict", "0")
@@ -197,8 +214,10 @@ def parse_spec(spec: str) -> Spec:
       raise DataError(f"{spec}: a file spec needs question= and answer= (and may give format, solution, id, "
                       f"{WHERE}<field>, name, strict); unknown keys: {sorted(unknown)}")
   elif filters or strict == "1":
-    raise DataError(f"{spec}: {WHERE}<field> filters and strict= apply to benchmarks and files; a gym task is "
-                    "narrowed by its own config keys, and its answers are generated, never read")
+    raise DataError(f"{spec}: {WHERE}<field> filters and strict= apply to benchmarks and files; a gym or "
+                    "procedural task is narrowed by its own config keys, and its answers are generated, never read")
+  elif kind == "proc":
+    procedural_options(target, options, spec)
   if name is None:
     base = pathlib.Path(target).stem if kind == "file" else target
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base + "".join(f"_{k}={v}" for k, v in filters.items())).strip("_")
@@ -282,6 +301,26 @@ def load_gym(task: str, options: dict[str, Any], source: str) -> list[Problem]:
           for i, entry in enumerate(dataset)]
 
 
+def procedural_options(task: str, options: Mapping[str, str], source: str) -> Any:
+  """The Options of procedural task `task` from a spec's text options; DataError names what is wrong."""
+  if task not in PROCEDURAL:
+    raise DataError(f"{source}: unknown procedural task {task!r}; known: {sorted(PROCEDURAL)}")
+  fields = {f.name for f in dataclasses.fields(PROCEDURAL[task].options)}
+  unknown = sorted(set(options) - fields)
+  if unknown:
+    raise DataError(f"{source}: unknown option(s) {unknown} of proc:{task}; known: {sorted(fields)}")
+  try:
+    return PROCEDURAL[task].options(**{k: int(v) for k, v in options.items()})
+  except ValueError as e:
+    raise DataError(f"{source}: {e}") from e
+
+
+def load_proc(task: str, options: Mapping[str, str], source: str) -> list[Problem]:
+  opts = procedural_options(task, options, source)
+  return [Problem(question=q, answer=a, id=f"{task}/{opts.seed}/{i}", source=source, solution=s)
+          for i, (q, s, a) in enumerate(PROCEDURAL[task].generate(opts))]
+
+
 def split_specs(specs: str) -> list[str]:
   """Splits at top-level commas only: gym:...?operators=('+','-') is one spec."""
   parts, depth, start = [], 0, 0
@@ -311,6 +350,8 @@ def load(spec: str, data_dir: str | pathlib.Path = "", hub: bool = False, limit:
     problems = load_file(parsed.target, Fields(**parsed.options), spec, parsed.keep, parsed.strict)
   elif parsed.kind == "gym":
     problems = load_gym(parsed.target, {k: _literal(v) for k, v in parsed.options.items()}, spec)
+  elif parsed.kind == "proc":
+    problems = load_proc(parsed.target, parsed.options, spec)
   else:
     benchmark = BENCHMARKS[parsed.target]
     if hub:

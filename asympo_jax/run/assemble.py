@@ -153,7 +153,8 @@ def run(cfg: ml_collections.ConfigDict, supervised: bool = False) -> trainer.Res
     if supervised:  # the generator builds batches from gold answers: it needs no copy of the parameters
       local_prompts = process_prompts(prompts_for_step, cfg.rollout.prompts_per_step)
       encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
-      build = supervised_batch.make_build_batch(local_prompts, encode, cfg.rollout, eos[0], pad)
+      build = supervised_batch.make_build_batch(local_prompts, encode, cfg.rollout, eos[0], pad,
+                                                cfg.warm_start.target)
       generator_transfer = rollout.copy_params
     else:
       build = rollout_pieces(cfg, model, sample_mesh, prompts_for_step, decode, pool.score, eos, pad)

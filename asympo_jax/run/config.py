@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.warm_start.steps = 0  # 0: off
   c.warm_start.lr = 1e-3
   c.warm_start.warmup_steps = 0
+  c.warm_start.target = "answer"  # answer: " \\boxed{gold}"; solution: the problem's worked solution
+  # "": off; else the warm-started model is kept in <cache_dir>/<key> and reused by every run whose warm start
+  # would be the same (same key: a hash of everything it depends on), so a sweep warm-starts once per seed
+  c.warm_start.cache_dir = ""
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: the rest of the devices

@@ -3,6 +3,8 @@
 Each phase leaves its result in the run directory, so a killed run resumes where it stopped:
   <workdir>/scratch_model     tokenizer + random model (model.scratch), HF format
   <workdir>/warm_start/       the warm start's own run (checkpoints, metrics); its final params in hf/
+  <cache_dir>/<key>/          with warm_start.cache_dir: a copy of that hf/, which every later run with the
+                              same warm start (same `warm_start_key`) takes instead of building its own
   <workdir>/                  the RL run (checkpoints, metrics.jsonl, eval/ curves), then summary.json
 
 The warm start is the same trainer loop and train step as RL with the `nll` objective, fed gold answers
@@ -11,6 +13,7 @@ The warm start is the same trainer loop and train step as RL with the `nll` obje
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +33,7 @@ from asympo_jax.run import assemble as run
 from asympo_jax.model import scratch
 from asympo_jax.rollout import supervised
 from asympo_jax.train import loop as trainer
+from asympo_jax.train import objectives
 from asympo_jax.common.checks import check
 
 SCRATCH_DIR, WARM_DIR, EXPORT_DIR, SUMMARY_NAME = "scratch_model", "warm_start", "hf", "summary.json"
@@ -49,6 +53,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   check(w.steps == 0 or w.lr > 0, "warm_start.lr", f"must be > 0, got {w.lr}")
   check(w.steps == 0 or 0 <= w.warmup_steps <= w.steps, "warm_start.warmup_steps",
         f"must be in [0, warm_start.steps={w.steps}], got {w.warmup_steps}")
+  check(w.steps == 0 or w.target in supervised.TARGETS, "warm_start.target", f"must be one of {sorted(supervised.TARGETS)}, "
+        f"got {w.target!r}")
+  check(w.steps == 0 or isinstance(w.cache_dir, str), "warm_start.cache_dir", f"must be a path or \"\", got {w.cache_dir!r}")
 
 
 def _atomic_dir(path: str, write: Any, every_process: bool) -> str:
@@ -73,8 +80,8 @@ def _atomic_dir(path: str, write: Any, every_process: bool) -> str:
 def scratch_model(cfg: ml_collections.ConfigDict) -> str:
   """<workdir>/scratch_model: a tokenizer fitted on the training prompts and gold answers, a random model."""
   problems = data.load(cfg.data.train, cfg.data.dir, cfg.data.hub)[:TOKENIZER_TEXTS]
-  texts = prompts.render(cfg.data.template, [p.question for p in problems]) + [
-      supervised.gold_response(p) for p in problems]
+  response = supervised.TARGETS[cfg.warm_start.target]
+  texts = prompts.render(cfg.data.template, [p.question for p in problems]) + [response(p) for p in problems]
   write = lambda path: scratch.build(path, cfg.model.scratch, texts, seed=cfg.seed,
                                      param_dtype=cfg.model.param_dtype)
   return _atomic_dir(os.path.join(cfg.workdir, SCRATCH_DIR), write, every_process=False)
@@ -86,8 +93,8 @@ def warm_start_config(cfg: ml_collections.ConfigDict, hf_path: str) -> ml_collec
   with w.unlocked():
     w.workdir = os.path.join(cfg.workdir, WARM_DIR)
     w.model.hf_path, w.model.scratch = hf_path, ""
+    w.objective = objectives.config_section()  # the RL objective's keys (say split_grad_norms) stay out
     w.objective.name = "nll"
-    w.objective.kl_coef = w.objective.entropy_coef = 0.0
     w.train.steps = cfg.warm_start.steps
     w.optim.lr, w.optim.warmup_steps = cfg.warm_start.lr, cfg.warm_start.warmup_steps
     w.rollout.prompts_per_step = cfg.rollout.prompts_per_step * cfg.rollout.group_size
@@ -96,6 +103,22 @@ def warm_start_config(cfg: ml_collections.ConfigDict, hf_path: str) -> ml_collec
     w.eval.every = 0
     w.warm_start.steps = 0  # the warm start has no warm start of its own
   return w
+
+
+# Sections that a warm start's result does not depend on: where it writes, and what it evaluates and logs.
+_NOT_IN_WARM_KEY = ("workdir", "eval", "checkpoint", "metrics")
+
+
+def warm_start_key(cfg: ml_collections.ConfigDict) -> str:
+  """A hash of everything the warm start of `cfg` depends on: its run's config (warm_start_config, where
+  the RL objective, staleness and RL learning rate no longer appear) and the model it starts from."""
+  w = warm_start_config(cfg, "").to_dict()
+  for key in _NOT_IN_WARM_KEY:
+    w.pop(key)
+  w["warm_start"].pop("cache_dir")
+  w["model"].update(hf_path=cfg.model.hf_path, scratch=cfg.model.scratch)
+  text = json.dumps(w, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _export(cfg: ml_collections.ConfigDict, result: trainer.Result) -> str:
@@ -137,8 +160,14 @@ def describe(summary: dict[str, Any]) -> str:
 
 def run_all(cfg: ml_collections.ConfigDict) -> trainer.Result:
   """All phases of `cfg` (validate it first); returns the RL run's result (or the phase a signal stopped)."""
-  hf_path = cfg.model.hf_path or scratch_model(cfg)
-  if cfg.warm_start.steps:
+  cached = ""
+  if cfg.warm_start.steps and cfg.warm_start.cache_dir:
+    cached = os.path.join(cfg.warm_start.cache_dir, warm_start_key(cfg))
+  if cached and os.path.isfile(os.path.join(cached, "config.json")):
+    hf_path = cached
+  else:
+    hf_path = cfg.model.hf_path or scratch_model(cfg)
+  if cfg.warm_start.steps and hf_path != cached:
     warm = warm_start_config(cfg, hf_path)
     export = os.path.join(warm.workdir, EXPORT_DIR)
     if not os.path.isfile(os.path.join(export, "config.json")):
@@ -147,6 +176,9 @@ def run_all(cfg: ml_collections.ConfigDict) -> trainer.Result:
         return result
       _export(warm, result)
     hf_path = export
+    if cached:
+      os.makedirs(cfg.warm_start.cache_dir, exist_ok=True)
+      hf_path = _atomic_dir(cached, lambda tmp: shutil.copytree(export, tmp), every_process=False)
   rl = copy.deepcopy(cfg)
   with rl.unlocked():
     rl.model.hf_path, rl.model.scratch = hf_path, ""

@@ -46,11 +46,15 @@ def _to_global(batch_local: TrainBatch, rows: jax.sharding.NamedSharding) -> Tra
 
 
 def _batch_metrics(batch: TrainBatch) -> dict[str, jax.Array]:
-  """Reward and response-length statistics of the global batch."""
+  """Reward and response-length statistics of the global batch; the mean length of right (reward >= 1) and
+  of wrong responses is NaN when the batch has none of them."""
   rewards_B = batch.rewards_B.astype(jnp.float32)
   length_B = batch.loss_mask_BxT.sum(axis=1)
+  right_B = rewards_B >= 1.0
+  side_mean = lambda keep_B: jnp.where(keep_B, length_B, 0.0).sum() / jnp.where(keep_B.any(), keep_B.sum(), jnp.nan)
   return {"reward/mean": rewards_B.mean(), "reward/std": rewards_B.std(),
-          "reward/accuracy": (rewards_B >= 1.0).mean(), "response/length_mean": length_B.mean(),
+          "reward/accuracy": right_B.mean(), "response/length_mean": length_B.mean(),
+          "response/length_right_mean": side_mean(right_B), "response/length_wrong_mean": side_mean(~right_B),
           "response/length_max": length_B.max(), "response/tokens": length_B.sum()}
 
 

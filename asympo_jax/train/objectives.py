@@ -385,11 +385,14 @@ def combine_metrics(a: dict[str, Array], b: dict[str, Array]) -> dict[str, Array
 
 
 def finalize_metrics(metrics: dict[str, Array]) -> dict[str, Array]:
-  """Adds the metrics that are not additive over micro-batches (ratios), from the combined sums.
+  """Adds the metrics that are not additive over micro-batches (ratios, differences of means), from the
+  combined sums.
 
   neg_pos_ratio is |neg_loss| / |pos_loss|: docs/design.md §5's |neg_loss| / pos_loss where pos_loss > 0 (the
   current-policy family, gpg), and still the sides' size ratio for grpo, whose positive side is negative
   (its per-response loss is -rho * A). 0 when there is no positive side.
   """
   pos, neg = jnp.abs(metrics["balance/pos_loss"]), jnp.abs(metrics["balance/neg_loss"])
-  return {**metrics, "balance/neg_pos_ratio": jnp.where(pos > 0, neg / jnp.where(pos > 0, pos, 1.0), 0.0)}
+  return {**metrics, "balance/neg_pos_ratio": jnp.where(pos > 0, neg / jnp.where(pos > 0, pos, 1.0), 0.0),
+          # The paper's mechanism: stale negatives and positives sit at different current-NLL scales.
+          "balance/nll_gap": metrics["balance/neg_nll"] - metrics["balance/pos_nll"]}

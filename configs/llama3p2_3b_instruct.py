@@ -9,5 +9,5 @@ from configs import paper
 
 
 def get_config():
-  return paper.recipe(hf_path="checkpoints/Llama-3.2-3B-Instruct", template="chat",
-                      workdir="runs/llama3p2_3b_instruct")
+  return paper.recipe(hf_path="checkpoints/Llama-3.2-3B-Instruct", config_json="data/model_configs/Llama-3.2-3B-Instruct.json",
+                      template="chat", workdir="runs/llama3p2_3b_instruct")

@@ -32,6 +32,9 @@ as starting points to sweep.
   materialised): ours.
 - train.steps = 500 (about 8.5 passes over MATH train), eval.every = checkpoint.every = 25, keep 3: ours.
 
+- model.config_json = data/model_configs/<model>.json: the model's published config.json, so that
+  `python -m asympo_jax.run.plan` compiles the recipe without the checkpoint (data/model_configs/README.md).
+
 Download the checkpoint first (the machines this was built on have no network):
 
     huggingface-cli download Qwen/Qwen3-1.7B-Base --local-dir checkpoints/Qwen3-1.7B-Base
@@ -45,11 +48,12 @@ from asympo_jax.run.config import base_config
 EVAL = "aime24_test,aime25_test,amc23_test,math500_test,gsm8k_test,minerva_test"
 
 
-def recipe(hf_path: str, template: str, workdir: str) -> ml_collections.ConfigDict:
+def recipe(hf_path: str, config_json: str, template: str, workdir: str) -> ml_collections.ConfigDict:
   c = base_config()
   c.seed = 0
   c.workdir = workdir
   c.model.hf_path = hf_path
+  c.model.config_json = config_json
   c.model.param_dtype = "float32"
   c.model.remat = "full"
   c.model.scan_layers = True

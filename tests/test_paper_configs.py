@@ -9,13 +9,15 @@ import transformers
 from flax import nnx
 
 from asympo_jax.model import architecture as model_config
+from asympo_jax.model import hf_io
 from asympo_jax.run import pipeline
 from asympo_jax.run import validation
 from asympo_jax.common.checks import ConfigError
 from asympo_jax.model.decoder import Decoder
 from asympo_jax.model.architecture import ModelConfig
 
-ROPE = dict(rope_theta=1_000_000.0, max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True)
+ROPE = dict(rope_theta=1_000_000.0, max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True,
+            bos_token_id=151643, eos_token_id=151643)
 # config.json values of the hub checkpoints, and the parameter counts their model cards state (total, non-embedding).
 MODELS = {
     "qwen3_1p7b_base": (transformers.Qwen3Config(
@@ -27,7 +29,7 @@ MODELS = {
     "llama3p2_3b_instruct": (transformers.LlamaConfig(
         vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
         num_key_value_heads=8, head_dim=128, rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5,
-        tie_word_embeddings=True, rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
+        tie_word_embeddings=True, bos_token_id=128000, eos_token_id=[128001, 128008, 128009], rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
                                                    high_freq_factor=4.0, original_max_position_embeddings=8192)),
      3.21e9, None),
 }
@@ -61,3 +63,10 @@ def test_paper_model_has_the_published_parameter_count(name):
   assert count == pytest.approx(total, rel=0.03)
   if non_embedding:
     assert count - hf.vocab_size * hf.hidden_size == pytest.approx(non_embedding, rel=0.03)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_paper_config_ships_the_published_architecture(name):
+  hf, _, _ = MODELS[name]
+  cfg = importlib.import_module(f"configs.{name}").get_config()
+  assert hf_io.load_config(cfg.model.config_json) == ModelConfig.from_hf(hf)

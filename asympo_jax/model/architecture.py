@@ -30,6 +30,8 @@ def validate(cfg_model: ml_collections.ConfigDict) -> None:
   check(isinstance(cfg_model.scan_layers, bool), "model.scan_layers", "must be true or false")
   check(not cfg_model.hf_path or os.path.isfile(os.path.join(cfg_model.hf_path, "config.json")),
         "model.hf_path", f"{cfg_model.hf_path!r} is not a Hugging Face directory with a config.json")
+  check(not cfg_model.config_json or os.path.isfile(cfg_model.config_json), "model.config_json",
+        f"{cfg_model.config_json!r} is not a file (a model's published config.json)")
 
 
 def options(cfg_model: ml_collections.ConfigDict) -> dict[str, Any]:

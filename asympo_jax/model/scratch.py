@@ -19,6 +19,8 @@ from asympo_jax.model.decoder import create_model
 from asympo_jax.model.architecture import ModelConfig
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIALS = [PAD, IM_START, IM_END]  # the tokenizer's first ids, in this order
+EOS_ID = SPECIALS.index(IM_END)
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -37,11 +39,10 @@ SIZES: dict[str, dict[str, int]] = {
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int) -> transformers.PreTrainedTokenizerFast:
   """Byte-level BPE (every string encodes) with Qwen-style chat special tokens and a chat template."""
-  specials = [PAD, IM_START, IM_END]
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tok.train_from_iterator(texts, trainer=trainer)
   return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD,
@@ -54,17 +55,20 @@ def _size(size: str) -> dict[str, int]:
   return SIZES[size]
 
 
-def model_config(size: str, tokenizer: transformers.PreTrainedTokenizerBase, **options) -> ModelConfig:
+def model_config(size: str, **options) -> ModelConfig:
+  """The architecture of a scratch model of `size` (its tokenizer's EOS id is EOS_ID)."""
   return ModelConfig(model_type="qwen3", rms_norm_eps=1e-6, rope_theta=1_000_000.0, rope_scaling=None,
                      qkv_bias=False, o_bias=False, mlp_bias=False, qk_norm=True, tie_embeddings=True,
-                     max_position_embeddings=4096, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                     max_position_embeddings=4096, bos_token_id=None, eos_token_id=EOS_ID,
                      **_size(size), **options)
 
 
 def build(path: str, size: str, texts: Iterable[str], seed: int = 0, **options) -> ModelConfig:
   """Writes a scratch HF directory at `path`; `options` set ModelConfig fields such as param_dtype."""
   tokenizer = build_tokenizer(texts, _size(size)["vocab_size"])
-  cfg = model_config(size, tokenizer, **options)
+  if tokenizer.eos_token_id != EOS_ID:
+    raise ValueError(f"tokenizer EOS id {tokenizer.eos_token_id}, expected {EOS_ID}")
+  cfg = model_config(size, **options)
   if len(tokenizer) > cfg.vocab_size:
     raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than vocab_size={cfg.vocab_size}")
   hf_io.save_model(create_model(cfg, seed), path, tokenizer)

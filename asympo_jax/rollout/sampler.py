@@ -124,6 +124,14 @@ def cache_lengths(prompt_len: int, max_new_tokens: int, segments: int) -> list[i
   return lengths
 
 
+def decode_segments(prompt_len: int, max_new_tokens: int, segments: int) -> list[tuple[int, int]]:
+  """(cache slots, end) of each decode segment: its loop runs the steps before `end` not run yet (step 0 is
+  the prefill's), with a cache of that many slots. Step i writes its input token's key at slot
+  prompt_len + i - 1, so a cache of `slots` serves steps up to slots - prompt_len."""
+  return [(slots, min(max_new_tokens, slots - prompt_len + 1))
+          for slots in cache_lengths(prompt_len, max_new_tokens, segments)]
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeSpec:
   """Everything static about one compiled generate."""
@@ -186,7 +194,6 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_PxL: jax.Ar
     raise ValueError(f"{batch} row keys do not make whole groups of {prompts} prompts")
   group = batch // prompts
   n = spec.max_new_tokens
-  lengths = cache_lengths(prompt_len, n, spec.segments)
   positions_PxL = positions_of(prompt_mask_PxL)
   hidden, cache = model(prompt_PxL, positions_PxL, prompt_mask_PxL, kvc.init_cache(model.cfg, prompts, prompt_len),
                         rope=prompt_rope)
@@ -243,11 +250,8 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_PxL: jax.Ar
     return i + 1, cache, emit(i, _logits(decoder, hidden[:, 0]), carry)
 
   loop = (jnp.int32(1), cache, carry)
-  for slots in lengths:
-    # Step i writes its input token's key at slot prompt_len + i - 1, so a cache of `slots` serves steps up to
-    # slots - prompt_len.
+  for slots, end in decode_segments(prompt_len, n, spec.segments):
     i, cache, carry = loop
-    end = min(n, slots - prompt_len + 1)
     loop = jax.lax.while_loop(functools.partial(cond, end), functools.partial(steps, end),
                               (i, kvc.grow(cache, slots), carry))
   i, _, (tokens, logprobs, length, finish, _) = loop
@@ -274,9 +278,7 @@ class Sampler:
         stop_sequences=tuple(tuple(s) for s in cfg_rollout.stop_sequences), pad_id=int(pad_id),
         logprobs=cfg_rollout.behaviour_logprobs if cfg_rollout.record_behaviour_logprobs else "",
         segments=cfg_rollout.decode_segments)
-    self.eos_E = np.asarray(eos_ids, np.int32)
-    if mesh is not None:  # placed once: every call reads it
-      self.eos_E = jax.device_put(self.eos_E, NamedSharding(mesh, PartitionSpec()))
+    self.eos_ids_E = np.asarray(eos_ids, np.int32)
     shards = row_shards(mesh)
     rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
     if rows % shards:  # correct, but each shard then does all the work: say so rather than run slowly unseen
@@ -303,12 +305,40 @@ class Sampler:
     ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids)
     arrays = (prompt_PxL, mask_PxL, sampling.row_keys(seed, step, ids, group))
     if self.mesh is not None:
-      # Rows split over data x fsdp; the P prompts too when they divide evenly, else every shard prefills all.
-      arrays = tuple(jax.device_put(x, logical_sharding(("act_batch",) + (None,) * (x.ndim - 1), x.shape, self.mesh))
-                     for x in arrays)
-    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+      arrays = tuple(jax.device_put(x, self._row_sharding(x)) for x in arrays)
+    with self._mesh_context():
       rope = rope_inputs(self.graphdef, arrays[1], state)
-      out = generate_arrays(self.graphdef, state, *arrays, self.eos_E, rope, spec=self.spec)
+      out = generate_arrays(self.graphdef, state, *arrays, self._eos_on_devices, rope, spec=self.spec)
     out = jax.device_get(out)
     return Samples(out["tokens"], out["mask"], out["finish"],
                    out["logprobs"] if self.spec.logprobs else None, int(out["forward_passes"]))
+
+  def lower(self, state: nnx.State) -> jax.stages.Lowered:
+    """The generate program of the longest prompt bucket, lowered for abstract `state` (jax.ShapeDtypeStruct
+    leaves on the sampler's mesh) without running anything: the plan compiles it so."""
+    prompts, bucket = self.cfg.prompts_per_step, prompt_bucket(self.cfg.max_prompt_len, self.cfg.max_prompt_len)
+    keys = jax.eval_shape(sampling.row_keys, 0, 0, np.arange(prompts), self.cfg.group_size)
+    arrays = (jax.ShapeDtypeStruct((prompts, bucket), jnp.int32), jax.ShapeDtypeStruct((prompts, bucket), jnp.int32),
+              keys)
+    replicated = None
+    if self.mesh is not None:
+      arrays = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self._row_sharding(x)) for x in arrays)
+      replicated = NamedSharding(self.mesh, PartitionSpec())
+    eos = jax.ShapeDtypeStruct(self.eos_ids_E.shape, jnp.int32, sharding=replicated)
+    with self._mesh_context():
+      rope = jax.eval_shape(functools.partial(rope_inputs, self.graphdef), arrays[1], state)
+      return generate_arrays.lower(self.graphdef, state, *arrays, eos, rope, spec=self.spec)
+
+  def _row_sharding(self, x: Any) -> NamedSharding:
+    """Rows split over data x fsdp; the P prompts too when they divide evenly, else every shard prefills all."""
+    return logical_sharding(("act_batch",) + (None,) * (len(x.shape) - 1), x.shape, self.mesh)
+
+  def _mesh_context(self) -> Any:
+    return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+  @functools.cached_property
+  def _eos_on_devices(self) -> Any:
+    """The EOS ids, placed once on the mesh at the first generate (every call reads them)."""
+    if self.mesh is None:
+      return self.eos_ids_E
+    return jax.device_put(self.eos_ids_E, NamedSharding(self.mesh, PartitionSpec()))

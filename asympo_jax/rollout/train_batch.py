@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple
 
+import jax
 import numpy as np
 
 Array = Any  # np.ndarray on the host, jax.Array on devices
@@ -52,6 +53,19 @@ class TrainBatch(NamedTuple):
     if unknown:
       raise ValueError(f"train batch: unknown fields {unknown}; the fields are {list(cls._fields)}")
     return cls(**fields)
+
+
+# The dtype of every field, as the rollout builds it (rollout/batch.py) and the generator stamps its versions.
+DTYPES = {"tokens_BxT": np.int32, "input_mask_BxT": np.int32, "loss_mask_BxT": np.float32, "rewards_B": np.float32,
+          "policy_version_B": np.int32, "behaviour_logprobs_BxT": np.float32}
+
+
+def abstract(rows: int, cols: int, behaviour_logprobs: bool, sharding: Any = None) -> TrainBatch:
+  """The shapes of a batch the learner gets from the generator, as jax.ShapeDtypeStructs (for compiling the
+  train step without data): every field but the behaviour log-probs, which come when they are recorded."""
+  names = [n for n in TrainBatch._fields if behaviour_logprobs or n != "behaviour_logprobs_BxT"]
+  return TrainBatch(**{n: jax.ShapeDtypeStruct(SHAPES[shape_suffix(n)](rows, cols), DTYPES[n], sharding=sharding)
+                       for n in names})
 
 
 REQUIRED = tuple(name for name in TrainBatch._fields if name not in TrainBatch._field_defaults)

@@ -67,11 +67,13 @@ def process_prompts(prompts_for_step: rollout_batch.PromptsFn, num_prompts: int)
   return local_prompts
 
 
-def sampling_mesh(cfg: ml_collections.ConfigDict, training_mesh: Mesh) -> Mesh:
-  """The devices this process samples and evaluates on (see the module docstring)."""
+def sampling_mesh(cfg: ml_collections.ConfigDict, training_mesh: Mesh,
+                  devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The devices this process samples and evaluates on (see the module docstring); `devices` as in
+  validation.training_devices."""
   if jax.process_count() > 1:
     return sharding.data_mesh(jax.local_devices())
-  return sampler.rollout_mesh(cfg.rollout) or training_mesh
+  return sampler.rollout_mesh(cfg.rollout, devices) or training_mesh
 
 
 def make_transfer(mesh: Mesh) -> Callable[[Any], Any]:
@@ -92,15 +94,22 @@ def make_transfer(mesh: Mesh) -> Callable[[Any], Any]:
   return transfer
 
 
+def make_sampler(cfg: ml_collections.ConfigDict, model: Decoder, mesh: Mesh, eos_ids: Sequence[int],
+                 pad_id: int) -> sampler.Sampler:
+  """The generator's sampler of this process's slice of a step's prompts, on `mesh` (`sampling_mesh`)."""
+  mine = process_slice(cfg.rollout.prompts_per_step)
+  local_cfg = copy.deepcopy(cfg.rollout)
+  local_cfg.prompts_per_step = mine.stop - mine.start
+  return sampler.Sampler(model, local_cfg, eos_ids, pad_id, mesh=mesh)
+
+
 def rollout_pieces(cfg: ml_collections.ConfigDict, model: Decoder, mesh: Mesh,
                    prompts_for_step: rollout_batch.PromptsFn, decode: Callable[[Sequence[int]], str],
                    reward_fn: rollout_batch.RewardFn, eos_ids: Sequence[int], pad_id: int) -> rollout.BuildFn:
   """The generator's build_batch, sampling on `mesh` (`sampling_mesh`); `prompts_for_step` gives all P prompts
   of a step."""
   mine = process_slice(cfg.rollout.prompts_per_step)
-  local_cfg = copy.deepcopy(cfg.rollout)
-  local_cfg.prompts_per_step = mine.stop - mine.start
-  smp = sampler.Sampler(model, local_cfg, eos_ids, pad_id, mesh=mesh)
+  smp = make_sampler(cfg, model, mesh, eos_ids, pad_id)
   local_prompts = process_prompts(prompts_for_step, cfg.rollout.prompts_per_step)
   return rollout_batch.make_build_batch(smp, local_prompts, decode, reward_fn, cfg.seed,
                                         prompt_ids_for_step=lambda step: range(mine.start, mine.stop))

@@ -28,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"  # none | full | dots (jax.checkpoint policy for each layer)
   c.model.scan_layers = False
   c.model.scratch = ""  # "" | tiny | small: build a tokenizer and a random Qwen3 model in <workdir>/scratch_model
+  # The model's published config.json (architecture only, no weights), e.g. data/model_configs/*.json: the plan
+  # (asympo_jax/run/plan.py) builds the model from it when model.hf_path holds no checkpoint yet.
+  c.model.config_json = ""
 
   # Supervised warm start (objective nll on gold answers) through the same loop and train step, before RL.
   c.warm_start = ml_collections.ConfigDict()

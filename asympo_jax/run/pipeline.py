@@ -30,6 +30,7 @@ from asympo_jax.train import metrics
 from asympo_jax.model import architecture as model_config
 from asympo_jax.data import prompts
 from asympo_jax.run import assemble as run
+from asympo_jax.run import plan
 from asympo_jax.model import scratch
 from asympo_jax.rollout import supervised
 from asympo_jax.train import loop as trainer
@@ -158,6 +159,25 @@ def describe(summary: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def check_memory(cfg: ml_collections.ConfigDict) -> None:
+  """The plan's memory check of a run on this host's devices, before it loads weights (run/plan.py): a config
+  that cannot fit stops here with the plan's numbers, not after the weights are loaded. It compiles both
+  programs once more than the run does. Skipped where the devices have no memory limit of their own (CPU: the
+  host's RAM, which XLA:CPU's accounting does not bound) and with several processes."""
+  limit = plan.device_memory(jax.devices()[0])
+  if limit is None or jax.process_count() > 1:
+    return
+  plan.check_fits(cfg, jax.devices(), limit)
+
+
+def rl_config(cfg: ml_collections.ConfigDict, hf_path: str) -> ml_collections.ConfigDict:
+  """The RL run of `cfg`, starting from the HF directory `hf_path`."""
+  rl = copy.deepcopy(cfg)
+  with rl.unlocked():
+    rl.model.hf_path, rl.model.scratch = hf_path, ""
+  return rl
+
+
 def run_all(cfg: ml_collections.ConfigDict) -> trainer.Result:
   """All phases of `cfg` (validate it first); returns the RL run's result (or the phase a signal stopped)."""
   cached = ""
@@ -167,6 +187,7 @@ def run_all(cfg: ml_collections.ConfigDict) -> trainer.Result:
     hf_path = cached
   else:
     hf_path = cfg.model.hf_path or scratch_model(cfg)
+  check_memory(rl_config(cfg, hf_path))  # the warm start has the RL train step's rows and length
   if cfg.warm_start.steps and hf_path != cached:
     warm = warm_start_config(cfg, hf_path)
     export = os.path.join(warm.workdir, EXPORT_DIR)
@@ -179,9 +200,7 @@ def run_all(cfg: ml_collections.ConfigDict) -> trainer.Result:
     if cached:
       os.makedirs(cfg.warm_start.cache_dir, exist_ok=True)
       hf_path = _atomic_dir(cached, lambda tmp: shutil.copytree(export, tmp), every_process=False)
-  rl = copy.deepcopy(cfg)
-  with rl.unlocked():
-    rl.model.hf_path, rl.model.scratch = hf_path, ""
+  rl = rl_config(cfg, hf_path)
   result = run.run(rl)
   if not result.stopped_by_signal and jax.process_index() == 0 and cfg.eval.every:
     print(describe(summarize(cfg.workdir)), flush=True)

@@ -14,7 +14,8 @@ of its spec and its inputs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,10 +81,20 @@ def state_shardings(params_shardings: nnx.State, tx: optax.GradientTransformatio
 
 
 def init_state(params: nnx.State, tx: optax.GradientTransformation, mesh: Mesh) -> tuple[TrainState, TrainState]:
-  """The initial train state (optimizer state created in place, sharded) and the state's shardings."""
+  """The initial train state (optimizer state created in place, sharded) and the state's shardings.
+
+  With abstract `params` (jax.ShapeDtypeStruct leaves, as the plan gives them) the optimizer state is abstract
+  too, with its shardings: nothing is allocated.
+  """
   shardings = state_shardings(sharding.state_shardings(params, mesh), tx, params, mesh)
-  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  init = jax.jit(tx.init, out_shardings=shardings.opt_state)
+  opt_state = jax.eval_shape(init, params) if is_abstract(params) else init(params)
   return TrainState(params, opt_state), shardings
+
+
+def is_abstract(tree: Any) -> bool:
+  """Whether `tree` holds shapes only (jax.ShapeDtypeStruct leaves), not arrays."""
+  return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
 
 
 def policy_logprobs(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, batch: TrainBatch,
@@ -199,9 +210,30 @@ def update(tx: optax.GradientTransformation, schedule: optax.Schedule, state: Tr
   return TrainState(params, opt_state), metrics
 
 
+class TrainStep:
+  """step(state, batch, ref_params) -> (state, metrics); `step.lower(...)` the same program, lowered for
+  abstract arguments (jax.ShapeDtypeStruct leaves) without running anything: the plan compiles it so."""
+
+  def __init__(self, jitted: Any, mesh: Mesh, graphdef: nnx.GraphDef, rest: nnx.State):
+    self.jitted, self.mesh, self.graphdef, self.rest = jitted, mesh, graphdef, rest
+
+  def _rope(self, state: TrainState, batch: TrainBatch) -> RopeInputs | None:
+    rope = functools.partial(model_lib.rope_inputs, self.graphdef)
+    args = (batch.input_mask_BxT, state.params, self.rest)
+    return jax.eval_shape(rope, *args) if is_abstract(batch) else rope(*args)
+
+  def __call__(self, state: TrainState, batch: TrainBatch, ref_params: nnx.State | None = None):
+    with jax.set_mesh(self.mesh):  # the model's activation constraints read the mesh while tracing
+      return self.jitted(state, batch, self._rope(state, batch), ref_params)
+
+  def lower(self, state: TrainState, batch: TrainBatch, ref_params: nnx.State | None = None) -> jax.stages.Lowered:
+    with jax.set_mesh(self.mesh):
+      return self.jitted.lower(state, batch, self._rope(state, batch), ref_params)
+
+
 def make_train_step(spec: TrainSpec, graphdef: nnx.GraphDef, rest: nnx.State,
                     tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
-                    shardings: TrainState) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+                    shardings: TrainState) -> TrainStep:
   """step(state, batch, ref_params) -> (state, metrics), jitted with explicit shardings; `state` is donated.
 
   `batch` is a TrainBatch of global arrays sharded by `batch_sharding(mesh)`; `ref_params` is None unless
@@ -219,10 +251,4 @@ def make_train_step(spec: TrainSpec, graphdef: nnx.GraphDef, rest: nnx.State,
   ref_shardings = shardings.params if spec.objective.kl_coef > 0 else None
   jitted = jax.jit(step, in_shardings=(shardings, rows, rows, ref_shardings), out_shardings=(shardings, replicated),
                    donate_argnums=0)
-
-  def run(state: TrainState, batch: TrainBatch, ref_params: nnx.State | None = None):
-    with jax.set_mesh(mesh):  # the model's activation constraints read the mesh while tracing
-      rope = model_lib.rope_inputs(graphdef, batch.input_mask_BxT, state.params, rest)
-      return jitted(state, batch, rope, ref_params)
-
-  return run
+  return TrainStep(jitted, mesh, graphdef, rest)

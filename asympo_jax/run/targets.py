@@ -1,0 +1,86 @@
+"""Compile targets of the plan: the devices of a name like `tpu:v5p:2x2x1` or `cpu:8`, and their chip's figures.
+
+`tpu:<topology>` gives the devices of a TPU topology from libtpu (`jax.experimental.topologies`): no TPU is
+needed to compile for them, only the libtpu release that jax pins (the `tpu` extra). `cpu:N` gives N host CPU
+devices, which must exist when jax starts (the plan's command line sets `jax_num_cpu_devices`).
+
+Chip figures (per chip): HBM and peak bfloat16 matmul throughput from docs/design.md §5 (Google Cloud's TPU
+pages); HBM bandwidth from the same pages (v5e 819 GB/s, v6e 1,640 GB/s, v5p 2,765 GB/s). Simulated CPU devices
+share the host's memory, so each gets the host's RAM / N, and have no peak: no roofline there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Sequence
+
+import jax
+
+GiB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  hbm_bytes: int  # memory per device
+  peak_flops: float | None  # bfloat16 FLOP/s per device; None: unknown (no roofline)
+  hbm_bandwidth: float | None  # bytes/s per device
+
+
+CHIPS: dict[str, Chip] = {
+    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9),
+    "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9),
+    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, 2765e9),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  name: str
+  devices: Sequence[jax.Device]
+  chip: Chip
+
+
+def _tpu(spec: str) -> Target:
+  version, _, topology = spec.partition(":")
+  if version not in CHIPS or not topology:
+    raise ValueError(f"tpu target {spec!r}: expected <version>:<topology> with a version of {sorted(CHIPS)}, "
+                     "e.g. tpu:v5p:2x2x1")
+  # Every jax process on a host with libtpu takes libtpu's lock file, even a CPU run; a plan only compiles and
+  # never touches a chip, so it need not wait for (or block) a run that holds the lock.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.experimental import topologies
+  return Target(f"tpu:{spec}", topologies.get_topology_desc(spec, "tpu").devices, CHIPS[version])
+
+
+def _cpu(spec: str) -> Target:
+  if not spec.isdigit() or int(spec) < 1:
+    raise ValueError(f"cpu target {spec!r}: expected cpu:N with N >= 1")
+  n = int(spec)
+  devices = jax.devices("cpu")
+  if len(devices) < n:
+    raise ValueError(f"cpu:{n}: jax has {len(devices)} CPU devices; set jax_num_cpu_devices={n} (or "
+                     f"XLA_FLAGS=--xla_force_host_platform_device_count={n}) before jax starts")
+  ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return Target(f"cpu:{n}", devices[:n], Chip(f"CPU (host RAM / {n})", ram // n, None, None))
+
+
+KINDS: dict[str, Callable[[str], Target]] = {"tpu": _tpu, "cpu": _cpu}
+
+
+def configure_process(name: str) -> None:
+  """What a process must set before jax starts to compile for `name`: its platform is the host CPU (a plan
+  runs nothing on a chip, on a TPU host either), with N devices for cpu:N."""
+  if "JAX_PLATFORMS" not in os.environ:
+    jax.config.update("jax_platforms", "cpu")
+  kind, _, spec = name.partition(":")
+  if kind == "cpu" and spec.isdigit():
+    jax.config.update("jax_num_cpu_devices", int(spec))
+
+
+def target(name: str) -> Target:
+  """The Target of `name`: tpu:<version>:<topology> or cpu:N."""
+  kind, _, spec = name.partition(":")
+  if kind not in KINDS:
+    raise ValueError(f"unknown target {name!r}: expected one of {sorted(KINDS)} (tpu:v5p:2x2x1, cpu:8)")
+  return KINDS[kind](spec)

@@ -92,3 +92,10 @@ def test_train_py_check_refuses_a_run_that_does_not_fit_with_the_plans_numbers()
   assert plan.device_memory(jax.devices()[0]) is None  # on CPU train.py skips the check: no device limit
   with pytest.raises(ConfigError, match=r"does not fit in device memory(.|\n)*train_step(.|\n)*DOES NOT FIT"):
     plan.check_fits(tiny_config(), jax.devices()[:8], hbm_bytes=1024**2)
+
+
+@needs_libtpu
+@pytest.mark.parametrize("name, chips", [("tpu:v5p:2x2x1", 4), ("tpu:v6e:2x4", 8), ("tpu:v5e:2x4", 8)])
+def test_an_8_chip_slice_is_one_host(name, chips):
+  devices = targets.target(name).devices
+  assert len(devices) == chips and {d.process_index for d in devices} == {0}

@@ -82,6 +82,22 @@ def test_greedy_matches_transformers_generate(checkpoint, eos):
   assert eos == 2 or (samples.finish_B == 1).any()
 
 
+def test_rollout_micro_batches_sample_the_same_rows(checkpoint):
+  """Three calls of 2, 2 and 1 prompts give the rows one call of 5 gives: a row's keys name its prompt, not
+  its call."""
+  _, model = checkpoint
+  prompts = random_prompts([3, 9, 5, 16, 7])
+  cfg = rollout_cfg(prompts_per_step=5, group_size=2, record_behaviour_logprobs=True)
+  whole = Sampler(model, cfg, eos_ids=[2], pad_id=0).generate(nnx.state(model), prompts, seed=3, step=1)
+  cfg.micro_batches = 3
+  parts = Sampler(model, cfg, eos_ids=[2], pad_id=0).generate(nnx.state(model), prompts, seed=3, step=1)
+  np.testing.assert_array_equal(parts.tokens_BxN, whole.tokens_BxN)
+  np.testing.assert_array_equal(parts.mask_BxN, whole.mask_BxN)
+  np.testing.assert_array_equal(parts.finish_B, whole.finish_B)
+  np.testing.assert_allclose(parts.logprobs_BxN, whole.logprobs_BxN, atol=1e-5)
+  assert parts.forward_passes >= whole.forward_passes
+
+
 def test_decoding_stops_within_the_exit_check_steps_of_the_last_row_finishing(checkpoint):
   # Every row's token at step 3 of a free greedy run is an EOS: each row ends at its first EOS (step <= 3).
   _, model = checkpoint

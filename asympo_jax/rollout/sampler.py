@@ -77,6 +77,8 @@ def validate(cfg_rollout: ml_collections.ConfigDict) -> None:
         f"must be an integer >= 0 (0: off), got {cfg_rollout.top_k!r}")
   check(cfg_rollout.behaviour_logprobs in ("raw", "sampled"), "rollout.behaviour_logprobs",
         f"must be raw or sampled, got {cfg_rollout.behaviour_logprobs!r}")
+  check(isinstance(cfg_rollout.micro_batches, int) and cfg_rollout.micro_batches >= 1, "rollout.micro_batches",
+        f"must be an integer >= 1, got {cfg_rollout.micro_batches!r}")
   check(isinstance(cfg_rollout.decode_segments, int) and cfg_rollout.decode_segments >= 1,
         "rollout.decode_segments", f"must be an integer >= 1, got {cfg_rollout.decode_segments!r}")
   stops = cfg_rollout.stop_sequences
@@ -280,29 +282,45 @@ class Sampler:
         segments=cfg_rollout.decode_segments)
     self.eos_ids_E = np.asarray(eos_ids, np.int32)
     shards = row_shards(mesh)
-    rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
+    rows = self.micro_prompts(cfg_rollout.prompts_per_step) * cfg_rollout.group_size
     if rows % shards:  # correct, but each shard then does all the work: say so rather than run slowly unseen
-      logging.warning("sampler: %d rows do not split over the mesh's %d data x fsdp shards; every shard samples "
-                      "all of them", rows, shards)
+      logging.warning("sampler: %d rows do not split over the mesh's %d data x fsdp shards (rows per generate "
+                      "call: rollout.micro_batches); every shard samples all of them", rows, shards)
 
   def generate(self, state: nnx.State, prompts: Sequence[Sequence[int]], *, seed: int, step: int,
                prompt_ids: Sequence[int] | None = None) -> Samples:
     """G samples of each prompt (token ids, without padding); rows are group-contiguous.
 
     `prompt_ids` (default 0..P-1) name the prompts in the random keys; give global ids when each process
-    samples its own slice of the step's prompts.
+    samples its own slice of the step's prompts. The prompts go through in rollout.micro_batches calls of
+    the compiled program, each of `micro_prompts(P)` prompts; a row's keys, and so its samples, do not depend
+    on which call it is in.
     """
-    group = self.cfg.group_size
     lengths = [len(p) for p in prompts]
     if not prompts or min(lengths) < 1 or max(lengths) > self.cfg.max_prompt_len:
       raise ValueError(f"prompts must hold 1 to rollout.max_prompt_len={self.cfg.max_prompt_len} tokens; "
                        f"got lengths {min(lengths, default=0)}..{max(lengths, default=0)} over {len(prompts)}")
+    ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids)
+    size = self.micro_prompts(len(prompts))
+    parts = [self._generate(state, prompts[i:i + size], ids[i:i + size], seed, step)
+             for i in range(0, len(prompts), size)]
+    logprobs = [p.logprobs_BxN for p in parts]
+    return Samples(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("tokens_BxN", "mask_BxN", "finish_B")),
+                   None if logprobs[0] is None else np.concatenate(logprobs), sum(p.forward_passes for p in parts))
+
+  def micro_prompts(self, prompts: int) -> int:
+    """The prompts of one call of the compiled program, of `prompts` in all."""
+    return -(-prompts // self.cfg.micro_batches)
+
+  def _generate(self, state: nnx.State, prompts: Sequence[Sequence[int]], ids: np.ndarray, seed: int,
+                step: int) -> Samples:
+    group = self.cfg.group_size
+    lengths = [len(p) for p in prompts]
     bucket = prompt_bucket(max(lengths), self.cfg.max_prompt_len)
     prompt_PxL = np.full((len(prompts), bucket), self.spec.pad_id, np.int32)
     for row, p in enumerate(prompts):
       prompt_PxL[row, bucket - len(p):] = p
     mask_PxL = (np.arange(bucket)[None, :] >= bucket - np.asarray(lengths)[:, None]).astype(np.int32)
-    ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids)
     arrays = (prompt_PxL, mask_PxL, sampling.row_keys(seed, step, ids, group))
     if self.mesh is not None:
       arrays = tuple(jax.device_put(x, self._row_sharding(x)) for x in arrays)
@@ -316,7 +334,8 @@ class Sampler:
   def lower(self, state: nnx.State) -> jax.stages.Lowered:
     """The generate program of the longest prompt bucket, lowered for abstract `state` (jax.ShapeDtypeStruct
     leaves on the sampler's mesh) without running anything: the plan compiles it so."""
-    prompts, bucket = self.cfg.prompts_per_step, prompt_bucket(self.cfg.max_prompt_len, self.cfg.max_prompt_len)
+    prompts = self.micro_prompts(self.cfg.prompts_per_step)
+    bucket = prompt_bucket(self.cfg.max_prompt_len, self.cfg.max_prompt_len)
     keys = jax.eval_shape(sampling.row_keys, 0, 0, np.arange(prompts), self.cfg.group_size)
     arrays = (jax.ShapeDtypeStruct((prompts, bucket), jnp.int32), jax.ShapeDtypeStruct((prompts, bucket), jnp.int32),
               keys)

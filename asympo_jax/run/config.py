@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   # raw: log softmax of the model's logits; sampled: of the distribution drawn from (tempered, top-k/top-p
   # filtered, renormalised)
   c.rollout.behaviour_logprobs = "raw"
+  # Sample a step's prompts in this many calls of the generate program in turn: its KV cache and activations
+  # then hold 1/micro_batches of the rows (the samples do not change).
+  c.rollout.micro_batches = 1
   c.rollout.decode_segments = 2  # decode loops, each over a KV cache just long enough for it (rollout/sampler.py)
   c.rollout.stop_sequences = []  # token-id lists that end a response (kept in it, like EOS)
   c.rollout.devices = ""  # "": sample on the training devices; "4:8": a disjoint device range

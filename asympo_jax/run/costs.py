@@ -10,7 +10,7 @@ runs to rollout.max_new_tokens).
   objective.kl_coef > 0. MFU counts these.
 - executed FLOPs: model FLOPs plus what remat = full recomputes (the layers' forward once more).
 - roofline seconds: the train step at the chips' peak (it is compute-bound: thousands of tokens per weight
-  read); the prefill at peak; each decode step at the slower of its FLOPs at peak and its HBM reads at the
+  read); for each of the rollout's calls (rollout.micro_batches), the prefill at peak; each decode step at the slower of its FLOPs at peak and its HBM reads at the
   chip's bandwidth: every weight (in the sampler's dtype, gathered whole on each device; / tensor shards) and
   the device's share of the KV cache.
 """
@@ -52,14 +52,15 @@ def train_step(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, chip: Chi
   return Cost(model, executed, None if peak is None else executed / peak, peak)
 
 
-def rollout(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, chip: Chip, devices: int,
+def rollout(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, chip: Chip, devices: int, call_prompts: int,
             weight_bytes: float, kv_bytes_per_slot: float) -> Cost:
-  """`weight_bytes`: the weights one device reads per decode step; `kv_bytes_per_slot`: one device's KV cache
-  bytes per cache slot (all layers, keys and values, its rows)."""
+  """A step's rollout: calls of the generate program on `call_prompts` prompts each (rollout.micro_batches).
+  `weight_bytes`: the weights one device reads per decode step; `kv_bytes_per_slot`: one device's KV cache
+  bytes per cache slot in one call (all layers, keys and values, its rows)."""
   r = cfg.rollout
-  prompts, rows = r.prompts_per_step, r.prompts_per_step * r.group_size
+  calls, rows = -(-r.prompts_per_step // call_prompts), call_prompts * r.group_size
   prompt_len = sampler.prompt_bucket(r.max_prompt_len, r.max_prompt_len)
-  total = flops.forward_flops(model_cfg, prompts * prompt_len, prompt_len, prompts)
+  total = flops.forward_flops(model_cfg, call_prompts * prompt_len, prompt_len, call_prompts)
   peak = chip.peak_flops
   seconds = None if peak is None else total / (devices * peak)
   step = 1
@@ -70,4 +71,5 @@ def rollout(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, chip: Chip, 
     if seconds is not None:
       reads = (weight_bytes + kv_bytes_per_slot * slots) / chip.hbm_bandwidth
       seconds += steps * max(one / (devices * peak), reads)
-  return Cost(total, total, seconds, None if peak is None else devices * peak)
+  return Cost(calls * total, calls * total, None if seconds is None else calls * seconds,
+              None if peak is None else devices * peak)

@@ -176,10 +176,11 @@ def rollout_program(cfg: ml_collections.ConfigDict, p: Pieces, chip: Chip) -> tu
   eos = p.model_cfg.eos_token_id
   eos = [eos] if isinstance(eos, int) else list(eos or ())  # the run adds the tokenizer's: one id more or less
   smp = assemble.make_sampler(cfg, p.model, p.sample_mesh, eos, pad_id=0)
-  cache = _cache(p.model_cfg, cfg.rollout, p.sample_mesh)
+  call_prompts = smp.micro_prompts(smp.cfg.prompts_per_step)
+  cache = _cache(p.model_cfg, cfg.rollout, call_prompts * cfg.rollout.group_size, p.sample_mesh)
   weight_bytes = _device_bytes(gen_params) * p.sample_mesh.shape["fsdp"]  # gathered whole for every step
   kv_per_slot = _device_bytes(cache) / cache.mask_BxS.shape[1]
-  cost = costs.rollout(cfg, p.model_cfg, chip, p.sample_mesh.size, weight_bytes, kv_per_slot)
+  cost = costs.rollout(cfg, p.model_cfg, chip, p.sample_mesh.size, call_prompts, weight_bytes, kv_per_slot)
   return _program("rollout", smp.lower(gen_params), cost, _device_bytes(gen_params)), gen_params, cache
 
 
@@ -194,11 +195,12 @@ def build(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device], chip: C
               train=train, rollout=rollout)
 
 
-def _cache(model_cfg: ModelConfig, cfg_rollout: ml_collections.ConfigDict, mesh: Mesh) -> kv_cache.KVCache:
-  """The largest KV cache of a rollout (its last decode segment), abstract and sharded as the sampler lays it out."""
+def _cache(model_cfg: ModelConfig, cfg_rollout: ml_collections.ConfigDict, rows: int, mesh: Mesh
+           ) -> kv_cache.KVCache:
+  """The largest KV cache of a generate call on `rows` rows (its last decode segment), abstract and sharded as
+  the sampler lays it out."""
   prompt_len = sampler.prompt_bucket(cfg_rollout.max_prompt_len, cfg_rollout.max_prompt_len)
   slots = sampler.cache_lengths(prompt_len, cfg_rollout.max_new_tokens, cfg_rollout.decode_segments)[-1]
-  rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
   shapes = jax.eval_shape(lambda: kv_cache.init_cache(model_cfg, rows, slots))
   axes = kv_cache.cache_axes(model_cfg.num_layers)
   place = lambda x, axes_x: jax.ShapeDtypeStruct(x.shape, x.dtype,
@@ -214,11 +216,15 @@ def describe(plan: Plan, cfg: ml_collections.ConfigDict) -> str:
   """The plan as a table, one column per program and one for both together."""
   chip, hbm = plan.chip, plan.chip.hbm_bytes
   both = plan.both_bytes()
+  rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
   fit = lambda n, error=None: "fits" if n <= hbm and not error else "DOES NOT FIT"
   lines = [f"plan for {plan.target}: {plan.devices} x {chip.name}, {hbm / GiB:.1f} GiB HBM each"
            + (f", peak {chip.peak_flops / 1e12:.0f} TFLOP/s" if chip.peak_flops else ""),
            f"  model: param_dtype {cfg.model.param_dtype}, remat {cfg.model.remat}; {plan.devices} devices, "
            f"train and rollout {'on the same devices' if plan.shared else 'on separate devices'}",
+           f"  train step: {cfg.train.micro_batches} micro-batches of {rows // cfg.train.micro_batches} rows; rollout: "
+           f"{cfg.rollout.micro_batches} call(s), {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} "
+           f"samples in all, {cfg.rollout.max_prompt_len} + {cfg.rollout.max_new_tokens} tokens",
            f"  GiB per device: parameters {_gib(plan.params_bytes).strip()}, optimizer state "
            f"{_gib(plan.optimizer_bytes).strip()}, generator copy {_gib(plan.generator_params_bytes).strip()}, "
            f"KV cache {_gib(plan.kv_cache_bytes).strip()}",

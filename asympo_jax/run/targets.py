@@ -5,12 +5,14 @@ needed to compile for them, only the libtpu release that jax pins (the `tpu` ext
 devices, which must exist when jax starts (the plan's command line sets `jax_num_cpu_devices`).
 
 Chip figures (per chip): HBM and peak bfloat16 matmul throughput from docs/design.md §5 (Google Cloud's TPU
-pages); HBM bandwidth from the same pages (v5e 819 GB/s, v6e 1,640 GB/s, v5p 2,765 GB/s). Simulated CPU devices
+pages); HBM bandwidth from the same pages (v5e 819 GB/s, v6e 1,640 GB/s, v5p 2,765 GB/s); chips per host: 8 for
+v5e and v6e (v5e-8 and v6e-8 are one host), 4 for v5p. Simulated CPU devices
 share the host's memory, so each gets the host's RAM / N, and have no peak: no roofline there.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Callable, Sequence
 
@@ -25,12 +27,13 @@ class Chip:
   hbm_bytes: int  # memory per device
   peak_flops: float | None  # bfloat16 FLOP/s per device; None: unknown (no roofline)
   hbm_bandwidth: float | None  # bytes/s per device
+  host_chips: int = 1  # the most chips one host of this kind holds
 
 
 CHIPS: dict[str, Chip] = {
-    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9),
-    "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9),
-    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, 2765e9),
+    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9, host_chips=8),
+    "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9, host_chips=8),
+    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, 2765e9, host_chips=4),
 }
 
 
@@ -50,7 +53,13 @@ def _tpu(spec: str) -> Target:
   # never touches a chip, so it need not wait for (or block) a run that holds the lock.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
-  return Target(f"tpu:{spec}", topologies.get_topology_desc(spec, "tpu").devices, CHIPS[version])
+  chip = CHIPS[version]
+  dims = [int(n) for n in topology.split("x")]
+  # libtpu assumes 4 chips per host; v5e-8 and v6e-8 are single hosts of 8 chips: say so when they fit one host.
+  one_host = {}
+  if math.prod(dims) <= chip.host_chips:
+    one_host = dict(chips_per_host_bounds=tuple(dims + [1] * (3 - len(dims))))
+  return Target(f"tpu:{spec}", topologies.get_topology_desc(spec, "tpu", **one_host).devices, chip)
 
 
 def _cpu(spec: str) -> Target:

@@ -1,5 +1,6 @@
 """The shared recipe of the paper configs: async RL on MATH-level problems for a 1.7B-4B Hugging Face model on
-one accelerator host (8 devices, FSDP), evaluated on AIME24/25, AMC23, MATH500, GSM8K and Minerva.
+one accelerator host (FSDP over its devices: 4 on a v5p-8, 8 on a v6e-8), evaluated on AIME24/25, AMC23,
+MATH500, GSM8K and Minerva.
 
 Not a config file itself: configs/qwen3_1p7b_base.py, qwen3_4b_base.py and llama3p2_3b_instruct.py call
 `recipe`. Where each value comes from: the ASymPO paper (arXiv:2606.03070) was only reachable as its
@@ -26,10 +27,15 @@ as starting points to sweep.
 - model.param_dtype = float32: ours. In bfloat16 a 1e-6 step is far below the rounding of weights near 0.02 and
   would be lost.
 - model.remat = full, scan_layers = True: ours (memory at 3.5k tokens a row; one compiled layer).
-- mesh = (data 1, fsdp all, tensor 1): ours. FSDP over one 8-device host; the 4B model's float32 params and
-  AdamW state alone take 64 GB.
-- train.micro_batches = 16 (64 rows, 8 a device), logprob_chunk = 512 (the 150k-vocab log-probs are never
+- mesh = (data 1, fsdp all, tensor 1): ours. FSDP over every device of one host (a v5p-8 has 4, a v6e-8 8); the
+  4B model's float32 params and AdamW state alone take 64 GB.
+- train.micro_batches, rollout.micro_batches (per model, in its config file): the fewest (powers of two) with
+  which the plan (`python -m asympo_jax.run.plan`, docs/plan.md) fits every program on a v5p-8 and on a v6e-8,
+  the train step and the rollout together. logprob_chunk = 512 (the 150k-vocab log-probs are never
   materialised): ours.
+- eval.batch_size = the rows of one rollout call (prompts_per_step x group_size / rollout.micro_batches): eval's
+  greedy generate is then no larger than the rollout program the plan compiles (the plan does not compile
+  eval's own program).
 - train.steps = 500 (about 8.5 passes over MATH train), eval.every = checkpoint.every = 25, keep 3: ours.
 
 - model.config_json = data/model_configs/<model>.json: the model's published config.json, so that
@@ -48,7 +54,8 @@ from asympo_jax.run.config import base_config
 EVAL = "aime24_test,aime25_test,amc23_test,math500_test,gsm8k_test,minerva_test"
 
 
-def recipe(hf_path: str, config_json: str, template: str, workdir: str) -> ml_collections.ConfigDict:
+def recipe(hf_path: str, config_json: str, template: str, workdir: str, micro_batches: int,
+           rollout_micro_batches: int) -> ml_collections.ConfigDict:
   c = base_config()
   c.seed = 0
   c.workdir = workdir
@@ -74,6 +81,7 @@ def recipe(hf_path: str, config_json: str, template: str, workdir: str) -> ml_co
   c.rollout.max_new_tokens = 3072
   c.rollout.temperature = 1.0
   c.rollout.top_p = 1.0
+  c.rollout.micro_batches = rollout_micro_batches
 
   c.advantage.std_normalize = True
   c.objective.name = "asympo"
@@ -88,11 +96,11 @@ def recipe(hf_path: str, config_json: str, template: str, workdir: str) -> ml_co
   c.optim.clip_norm = 1.0
 
   c.train.steps = 500
-  c.train.micro_batches = 16
+  c.train.micro_batches = micro_batches
   c.train.logprob_chunk = 512
 
   c.eval.every = 25
-  c.eval.batch_size = 256
+  c.eval.batch_size = c.rollout.prompts_per_step * c.rollout.group_size // rollout_micro_batches
   c.checkpoint.every = 25
   c.checkpoint.keep = 3
   return c

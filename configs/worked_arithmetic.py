@@ -1,4 +1,4 @@
-"""The staleness study's task (docs/staleness_study.md): worked multi-term arithmetic, 30-90-token responses.
+"""The staleness study's task (docs/staleness_study.md): worked multi-term arithmetic, 30-75-token responses.
 
 1. A scratch Qwen3 `tiny` model and tokenizer, warm-started with supervised NLL on the worked solutions
    (warm_start.target = solution), cached per seed in warm_start.cache_dir so a sweep does it once per seed.
@@ -13,7 +13,7 @@ positive and of the negative side; behaviour log-probs are recorded in every run
 """
 from asympo_jax.run.config import base_config
 
-TASK = "proc:worked_arithmetic?min_terms=5&max_terms=10&min_value=1&max_value=20"
+TASK = "proc:worked_arithmetic?min_terms=5&max_terms=8&min_value=1&max_value=9"
 
 
 def get_config():
@@ -26,7 +26,7 @@ def get_config():
   c.data.eval = TASK + "&size=100&seed=2"
   c.data.template = "bare"
 
-  c.warm_start.steps = 200
+  c.warm_start.steps = 500
   c.warm_start.lr = 3e-3
   c.warm_start.warmup_steps = 20
   c.warm_start.target = "solution"
@@ -37,7 +37,7 @@ def get_config():
   c.rollout.prompts_per_step = 8
   c.rollout.group_size = 8
   c.rollout.max_prompt_len = 32
-  c.rollout.max_new_tokens = 96
+  c.rollout.max_new_tokens = 80
   c.rollout.temperature = 1.0
   c.rollout.record_behaviour_logprobs = True
 

@@ -19,6 +19,9 @@ API (used by the sampler):
   position = previous position + 1 (positions are per row: `max(cumsum(mask) - 1, 0)` over the whole sequence).
   Pad slots are never attended to, so left padding changes nothing for the real tokens.
 - The caller keeps index + T <= S_max (writes past the end would be clamped by dynamic_update_slice).
+- Per-row slots (the continuous-batching engine, rollout/engine.py): `index` may be int32 [B], each row's own
+  next write slot, for decode steps (T = 1): rows that entered the cache at different times then decode
+  together. The writes become scatters at each row's slot, and each row sees its own causal prefix.
 - `grow(cache, max_len)`: the same cache with room for max_len slots (new slots empty). Attention reads
   every slot of the cache, valid or not, so a decode loop that starts with a small cache and grows it reads
   less (see the sampler's decode segments).
@@ -41,7 +44,7 @@ class KVCache(NamedTuple):
   k: tuple[jax.Array, ...]  # L x [B, K, S_max / KEY_CHUNK, head_dim, KEY_CHUNK]
   v: tuple[jax.Array, ...]  # L x [B, K, S_max, head_dim]
   mask_BxS: jax.Array  # int32, 1 on slots holding a real token
-  index: jax.Array  # int32 scalar, the next slot to write
+  index: jax.Array  # int32, the next slot to write: a scalar, or [B] per row (decode steps only)
 
 
 def chunked_slots(length: int) -> int:
@@ -104,6 +107,9 @@ def key_slots(k_BxKxCxhdxW: jax.Array) -> jax.Array:
 def write_keys(buffer: jax.Array, new_BxKxhdxT: jax.Array, index: jax.Array) -> jax.Array:
   """Writes T new keys at slots [index, index + T) of a layer's key buffer (in place under jit)."""
   new = new_BxKxhdxT.astype(buffer.dtype)
+  if index.ndim == 1:  # per-row slots: one decode token per row
+    rows_B = jnp.arange(buffer.shape[0])
+    return buffer.at[rows_B, :, index // KEY_CHUNK, :, index % KEY_CHUNK].set(new[..., 0])
   if new.shape[3] == 1:  # a decode step: one slot, inside one chunk
     return jax.lax.dynamic_update_slice(buffer, new[:, :, None], (0, 0, index // KEY_CHUNK, 0, index % KEY_CHUNK))
   # A prefill may straddle chunks: write into the unchunked view (two copies of the buffer, once per prompt).
@@ -112,16 +118,21 @@ def write_keys(buffer: jax.Array, new_BxKxhdxT: jax.Array, index: jax.Array) -> 
 
 def write_values(buffer: jax.Array, new_BxKxTxhd: jax.Array, index: jax.Array) -> jax.Array:
   """Writes T new values at slots [index, index + T) of a layer's value buffer (in place under jit)."""
+  if index.ndim == 1:  # per-row slots: one decode token per row
+    return buffer.at[jnp.arange(buffer.shape[0]), :, index].set(new_BxKxTxhd[:, :, 0].astype(buffer.dtype))
   return jax.lax.dynamic_update_slice(buffer, new_BxKxTxhd.astype(buffer.dtype), (0, 0, index, 0))
 
 
 def update_mask(cache: KVCache, mask_BxT: jax.Array) -> jax.Array:
   """The slot validity after writing T tokens with validity `mask_BxT` at `cache.index`."""
+  if cache.index.ndim == 1:  # per-row slots: one decode token per row
+    return cache.mask_BxS.at[jnp.arange(mask_BxT.shape[0]), cache.index].set(mask_BxT[:, 0].astype(jnp.int32))
   return jax.lax.dynamic_update_slice(cache.mask_BxS, mask_BxT.astype(jnp.int32), (0, cache.index))
 
 
 def attention_mask(slot_mask_BxS: jax.Array, index: jax.Array, num_new: int) -> jax.Array:
-  """[B, T, S] bool: new token t (at slot index + t) may see slot s if s is valid and s <= index + t."""
+  """[B, T, S] bool: new token t (at slot index + t) may see slot s if s is valid and s <= index + t (`index`
+  a scalar, or [B] per row)."""
   slots_S = jnp.arange(slot_mask_BxS.shape[1])
-  causal_TxS = slots_S[None, :] <= index + jnp.arange(num_new)[:, None]
-  return causal_TxS[None] & (slot_mask_BxS[:, None, :] > 0)
+  last_BxT = jnp.reshape(index, (-1, 1)) + jnp.arange(num_new)[None, :]
+  return (slots_S[None, None, :] <= last_BxT[:, :, None]) & (slot_mask_BxS[:, None, :] > 0)

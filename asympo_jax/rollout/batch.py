@@ -13,6 +13,7 @@ import numpy as np
 
 from asympo_jax.rollout import token_choice as sampling
 from asympo_jax.rollout.generator import BuildFn, Params
+from asympo_jax.rollout.engine import Engine
 from asympo_jax.rollout.sampler import Sampler, Samples
 from asympo_jax.rollout.train_batch import TrainBatch
 
@@ -44,7 +45,7 @@ def assemble(prompts: Sequence[Sequence[int]], samples: Samples, rewards_B: np.n
                     behaviour_logprobs_BxT=behaviour_BxT)
 
 
-def make_build_batch(sampler: Sampler, prompts_for_step: PromptsFn, decode: Callable[[Sequence[int]], str],
+def make_build_batch(sampler: Sampler | Engine, prompts_for_step: PromptsFn, decode: Callable[[Sequence[int]], str],
                      reward_fn: RewardFn, seed: int,
                      prompt_ids_for_step: Callable[[int], Sequence[int]] | None = None) -> BuildFn:
   """`decode` turns one response's token ids (EOS included) into the text the reward reads;
@@ -63,6 +64,7 @@ def make_build_batch(sampler: Sampler, prompts_for_step: PromptsFn, decode: Call
             "rollout/response_len_max": float(lengths.max()), "rollout/tokens": float(lengths.sum())}
     info.update({f"rollout/finish_{name}": float((samples.finish_B == code).mean())
                  for code, name in enumerate(sampling.FINISH_REASONS)})
+    info.update(samples.stats or {})
     return assemble(prompts, samples, rewards, cfg, sampler.spec.pad_id), info
 
   return build_batch

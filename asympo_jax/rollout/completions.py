@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from asympo_jax.data import prompts
 from asympo_jax.common import sharding
 from asympo_jax.model.decoder import Decoder
+from asympo_jax.rollout.engine import Engine, make_sampler
 from asympo_jax.rollout.sampler import Sampler
 
 
@@ -46,16 +47,16 @@ class Completer:
     self.eos = eos_ids(tokenizer, model.cfg.eos_token_id)
     self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
     self.truncated = 0
-    self._samplers: dict[tuple[int, bool], Sampler] = {}
+    self._samplers: dict[tuple[int, bool], Sampler | Engine] = {}
 
-  def _sampler(self, samples: int, greedy: bool) -> Sampler:
+  def _sampler(self, samples: int, greedy: bool) -> Sampler | Engine:
     if (samples, greedy) not in self._samplers:
       rollout = ml_collections.ConfigDict(self.cfg.rollout.to_dict())
       rollout.group_size = samples
       rollout.prompts_per_step = self.batch_size
       rollout.temperature = 0.0 if greedy else float(self.cfg.eval.temperature)
       rollout.record_behaviour_logprobs = False
-      self._samplers[samples, greedy] = Sampler(self.model, rollout, self.eos, self.pad_id, mesh=self.mesh)
+      self._samplers[samples, greedy] = make_sampler(self.model, rollout, self.eos, self.pad_id, mesh=self.mesh)
     return self._samplers[samples, greedy]
 
   def __call__(self, questions: Sequence[str], samples: int, greedy: bool) -> list[list[str]]:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -147,6 +148,45 @@ class DecodeSpec:
   segments: int
 
 
+def decode_spec(cfg_rollout: ml_collections.ConfigDict, pad_id: int) -> DecodeSpec:
+  return DecodeSpec(
+      max_new_tokens=cfg_rollout.max_new_tokens, temperature=float(cfg_rollout.temperature),
+      top_k=cfg_rollout.top_k, top_p=float(cfg_rollout.top_p),
+      stop_sequences=tuple(tuple(s) for s in cfg_rollout.stop_sequences), pad_id=int(pad_id),
+      logprobs=cfg_rollout.behaviour_logprobs if cfg_rollout.record_behaviour_logprobs else "",
+      segments=cfg_rollout.decode_segments)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], max_prompt_len: int, pad_id: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded prompts [P, L] and their mask, L = the bucket of the longest (`prompt_bucket`)."""
+  lengths = [len(p) for p in prompts]
+  if not prompts or min(lengths) < 1 or max(lengths) > max_prompt_len:
+    raise ValueError(f"prompts must hold 1 to rollout.max_prompt_len={max_prompt_len} tokens; "
+                     f"got lengths {min(lengths, default=0)}..{max(lengths, default=0)} over {len(prompts)}")
+  bucket = prompt_bucket(max(lengths), max_prompt_len)
+  prompt_PxL = np.full((len(prompts), bucket), pad_id, np.int32)
+  for row, p in enumerate(prompts):
+    prompt_PxL[row, bucket - len(p):] = p
+  mask_PxL = (np.arange(bucket)[None, :] >= bucket - np.asarray(lengths)[:, None]).astype(np.int32)
+  return prompt_PxL, mask_PxL
+
+
+def program_bytes(lowered: jax.stages.Lowered) -> int:
+  """A lowered program's compiled memory: arguments + outputs + temporaries, less the donated (aliased)."""
+  m = lowered.compile().memory_analysis()
+  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+
+
+def speed_stats(mask_BxN: np.ndarray, slot_steps: int, seconds: float) -> dict[str, float]:
+  """Useful generated tokens/s and slot occupancy: the decode steps' live slot-steps (every token but each
+  row's first, which the prefill gives) over all the slot-steps they ran (rows or slots, times steps)."""
+  lengths_B = mask_BxN.sum(1)
+  live = float(np.maximum(lengths_B - 1, 0).sum())
+  return {"throughput/generate_tokens_per_s": float(lengths_B.sum()) / seconds,
+          "rollout/slot_occupancy": live / max(slot_steps, 1)}
+
+
 class Samples(NamedTuple):
   """Host arrays; B = P * G rows, group-contiguous; N = max_new_tokens."""
   tokens_BxN: np.ndarray  # int32, pad_id after the end
@@ -154,22 +194,23 @@ class Samples(NamedTuple):
   finish_B: np.ndarray  # int32 index into sampling.FINISH_REASONS
   logprobs_BxN: np.ndarray | None  # float32 behaviour log-probs (0 on padding), when recorded
   forward_passes: int  # of the model on the batch: the prefill and the decode steps (0: nothing was sampled)
+  stats: dict[str, float] | None = None  # speed metrics of this call (docs/design.md §5)
 
 
-def _logits(model: Decoder, hidden_BxD: jax.Array) -> jax.Array:
+def logits_of(model: Decoder, hidden_BxD: jax.Array) -> jax.Array:
   return jnp.dot(hidden_BxD, model.unembedding(), preferred_element_type=jnp.float32)
 
 
-def _split_layers(state: nnx.State) -> Any:
-  """`state` with every stacked layer parameter [L, ...] as a list of its L slices (see `_restack`)."""
+def split_layers(state: nnx.State) -> Any:
+  """`state` with every stacked layer parameter [L, ...] as a list of its L slices (see `restack`)."""
   def split(path, x):
     return [x[i] for i in range(x.shape[0])] if "layers" in jax.tree_util.keystr(path) else x
 
   return jax.tree_util.tree_map_with_path(split, state)
 
 
-def _restack(split_state: Any) -> Any:
-  """Inverse of `_split_layers`, called inside the decode loop on slices taken before it.
+def restack(split_state: Any) -> Any:
+  """Inverse of `split_layers`, called inside the decode loop on slices taken before it.
 
   The model slices layer i out of every stacked parameter; inside a loop XLA on CPU materialises such slices,
   a copy of all the weights per token. Taking the slices once before the loop and stacking them inside it
@@ -224,12 +265,12 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_PxL: jax.Ar
   carry = (jnp.full((batch, n), spec.pad_id, jnp.int32), jnp.zeros((batch, n), jnp.float32),
            jnp.full((batch,), 1, jnp.int32), jnp.zeros((batch,), jnp.int32),
            jnp.full((batch, window), -1, jnp.int32))
-  first_logits_BxV = constrain(jnp.repeat(_logits(model, hidden[:, -1]), group, axis=0), ("act_batch", "act_vocab"))
+  first_logits_BxV = constrain(jnp.repeat(logits_of(model, hidden[:, -1]), group, axis=0), ("act_batch", "act_vocab"))
   carry = emit(0, first_logits_BxV, carry)
   # The RoPE of every decode step at once (see Decoder.__call__): step i's token sits at last position + i.
   last_position_B = constrain(jnp.repeat(positions_PxL[:, -1], group), ("act_batch",))
   cos_BxN, sin_BxN = model.rope(last_position_B[:, None] + jnp.arange(n))
-  split_state = _split_layers(state)
+  split_state = split_layers(state)
 
   # With no EOS id and no stop sequence no row can end early: skip the check and its all-reduce.
   can_stop = eos_E.shape[0] > 0 or bool(spec.stop_sequences)
@@ -247,9 +288,9 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_PxL: jax.Ar
     tokens_Bx1 = jax.lax.dynamic_slice_in_dim(carry[0], i - 1, 1, axis=1)
     positions_Bx1 = (last_position_B + i)[:, None]
     rope = tuple(jax.lax.dynamic_slice_in_dim(x, i, 1, axis=1) for x in (cos_BxN, sin_BxN))
-    decoder = nnx.merge(graphdef, _restack(split_state))
+    decoder = nnx.merge(graphdef, restack(split_state))
     hidden, cache = decoder(tokens_Bx1, positions_Bx1, jnp.ones_like(tokens_Bx1), cache, rope=rope)
-    return i + 1, cache, emit(i, _logits(decoder, hidden[:, 0]), carry)
+    return i + 1, cache, emit(i, logits_of(decoder, hidden[:, 0]), carry)
 
   loop = (jnp.int32(1), cache, carry)
   for slots, end in decode_segments(prompt_len, n, spec.segments):
@@ -274,12 +315,7 @@ class Sampler:
     self.graphdef = nnx.graphdef(model)
     self.cfg = cfg_rollout
     self.mesh = mesh
-    self.spec = DecodeSpec(
-        max_new_tokens=cfg_rollout.max_new_tokens, temperature=float(cfg_rollout.temperature),
-        top_k=cfg_rollout.top_k, top_p=float(cfg_rollout.top_p),
-        stop_sequences=tuple(tuple(s) for s in cfg_rollout.stop_sequences), pad_id=int(pad_id),
-        logprobs=cfg_rollout.behaviour_logprobs if cfg_rollout.record_behaviour_logprobs else "",
-        segments=cfg_rollout.decode_segments)
+    self.spec = decode_spec(cfg_rollout, pad_id)
     self.eos_ids_E = np.asarray(eos_ids, np.int32)
     shards = row_shards(mesh)
     rows = self.micro_prompts(cfg_rollout.prompts_per_step) * cfg_rollout.group_size
@@ -296,17 +332,18 @@ class Sampler:
     the compiled program, each of `micro_prompts(P)` prompts; a row's keys, and so its samples, do not depend
     on which call it is in.
     """
-    lengths = [len(p) for p in prompts]
-    if not prompts or min(lengths) < 1 or max(lengths) > self.cfg.max_prompt_len:
-      raise ValueError(f"prompts must hold 1 to rollout.max_prompt_len={self.cfg.max_prompt_len} tokens; "
-                       f"got lengths {min(lengths, default=0)}..{max(lengths, default=0)} over {len(prompts)}")
+    start = time.perf_counter()
+    pad_prompts(prompts, self.cfg.max_prompt_len, self.spec.pad_id)  # checks the lengths before any call
     ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids)
     size = self.micro_prompts(len(prompts))
     parts = [self._generate(state, prompts[i:i + size], ids[i:i + size], seed, step)
              for i in range(0, len(prompts), size)]
     logprobs = [p.logprobs_BxN for p in parts]
-    return Samples(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("tokens_BxN", "mask_BxN", "finish_B")),
-                   None if logprobs[0] is None else np.concatenate(logprobs), sum(p.forward_passes for p in parts))
+    out = Samples(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("tokens_BxN", "mask_BxN", "finish_B")),
+                  None if logprobs[0] is None else np.concatenate(logprobs), sum(p.forward_passes for p in parts))
+    # Each call runs forward_passes - 1 decode steps over all its rows.
+    slot_steps = sum((p.forward_passes - 1) * len(p.mask_BxN) for p in parts)
+    return out._replace(stats=speed_stats(out.mask_BxN, slot_steps, time.perf_counter() - start))
 
   def micro_prompts(self, prompts: int) -> int:
     """The prompts of one call of the compiled program, of `prompts` in all."""
@@ -314,14 +351,8 @@ class Sampler:
 
   def _generate(self, state: nnx.State, prompts: Sequence[Sequence[int]], ids: np.ndarray, seed: int,
                 step: int) -> Samples:
-    group = self.cfg.group_size
-    lengths = [len(p) for p in prompts]
-    bucket = prompt_bucket(max(lengths), self.cfg.max_prompt_len)
-    prompt_PxL = np.full((len(prompts), bucket), self.spec.pad_id, np.int32)
-    for row, p in enumerate(prompts):
-      prompt_PxL[row, bucket - len(p):] = p
-    mask_PxL = (np.arange(bucket)[None, :] >= bucket - np.asarray(lengths)[:, None]).astype(np.int32)
-    arrays = (prompt_PxL, mask_PxL, sampling.row_keys(seed, step, ids, group))
+    prompt_PxL, mask_PxL = pad_prompts(prompts, self.cfg.max_prompt_len, self.spec.pad_id)
+    arrays = (prompt_PxL, mask_PxL, sampling.row_keys(seed, step, ids, self.cfg.group_size))
     if self.mesh is not None:
       arrays = tuple(jax.device_put(x, self._row_sharding(x)) for x in arrays)
     with self._mesh_context():

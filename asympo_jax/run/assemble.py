@@ -28,7 +28,7 @@ from asympo_jax.data import prompts
 from asympo_jax.rollout import rewards
 from asympo_jax.rollout import generator as rollout
 from asympo_jax.rollout import batch as rollout_batch
-from asympo_jax.rollout import sampler
+from asympo_jax.rollout import engine, sampler
 from asympo_jax.common import sharding
 from asympo_jax.train import loop as trainer
 from asympo_jax.run import validation
@@ -95,12 +95,13 @@ def make_transfer(mesh: Mesh) -> Callable[[Any], Any]:
 
 
 def make_sampler(cfg: ml_collections.ConfigDict, model: Decoder, mesh: Mesh, eos_ids: Sequence[int],
-                 pad_id: int) -> sampler.Sampler:
-  """The generator's sampler of this process's slice of a step's prompts, on `mesh` (`sampling_mesh`)."""
+                 pad_id: int) -> sampler.Sampler | engine.Engine:
+  """The generator's sampler (rollout.engine) of this process's slice of a step's prompts, on `mesh`
+  (`sampling_mesh`)."""
   mine = process_slice(cfg.rollout.prompts_per_step)
   local_cfg = copy.deepcopy(cfg.rollout)
   local_cfg.prompts_per_step = mine.stop - mine.start
-  return sampler.Sampler(model, local_cfg, eos_ids, pad_id, mesh=mesh)
+  return engine.make_sampler(model, local_cfg, eos_ids, pad_id, mesh=mesh)
 
 
 def rollout_pieces(cfg: ml_collections.ConfigDict, model: Decoder, mesh: Mesh,

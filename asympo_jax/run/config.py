@@ -77,6 +77,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout.decode_segments = 2  # decode loops, each over a KV cache just long enough for it (rollout/sampler.py)
   c.rollout.stop_sequences = []  # token-id lists that end a response (kept in it, like EOS)
   c.rollout.devices = ""  # "": sample on the training devices; "4:8": a disjoint device range
+  # static: one batch decoded until its longest row ends; continuous: decode slots that finished rows leave and
+  # waiting rows enter (rollout/engine.py)
+  c.rollout.engine = "static"
+  c.rollout.slots = 64  # continuous: decode slots per data shard (0: as many as rollout.kv_memory_mb holds)
+  c.rollout.kv_memory_mb = 0.0  # continuous, with slots = 0: the KV cache budget per data shard, in MiB
 
   c.advantage = ml_collections.ConfigDict()
   c.advantage.std_normalize = True

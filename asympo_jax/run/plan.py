@@ -37,7 +37,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from asympo_jax.common import sharding
-from asympo_jax.common.checks import ConfigError
+from asympo_jax.common.checks import ConfigError, check
 from asympo_jax.model import architecture, hf_io, kv_cache, scratch
 from asympo_jax.model.architecture import ModelConfig
 from asympo_jax.model.decoder import Decoder
@@ -172,6 +172,8 @@ def train_program(cfg: ml_collections.ConfigDict, p: Pieces, chip: Chip) -> tupl
 def rollout_program(cfg: ml_collections.ConfigDict, p: Pieces, chip: Chip) -> tuple[Program, nnx.State, Any]:
   """The compiled rollout, with the generator's copy of the parameters (run/assemble.py's make_transfer puts it
   on the sampling mesh) and its largest KV cache, both abstract."""
+  check(cfg.rollout.engine == "static", "rollout.engine",
+        "the plan compiles the static sampler only (plan with rollout.engine=static)")
   gen_params = _abstract(p.params, sharding.state_shardings(p.params, p.sample_mesh))
   eos = p.model_cfg.eos_token_id
   eos = [eos] if isinstance(eos, int) else list(eos or ())  # the run adds the tokenizer's: one id more or less

@@ -19,7 +19,7 @@ from asympo_jax.model import architecture as model_config
 from asympo_jax.train import objectives
 from asympo_jax.train import optim
 from asympo_jax.rollout import generator as rollout
-from asympo_jax.rollout import sampler
+from asympo_jax.rollout import engine, sampler
 from asympo_jax.common import sharding
 from asympo_jax.common.checks import check
 from asympo_jax.run.config import validate_keys
@@ -31,6 +31,7 @@ SECTIONS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "objective": objectives.validate,
     "rollout": lambda c: rollout.validate(c.rollout),
     "sampler": lambda c: sampler.validate(c.rollout),
+    "engine": lambda c: engine.validate(c.rollout),
     "eval": lambda c: evaluation.validate(c.eval),
     "optim": lambda c: optim.validate(c.optim),
     "checkpoint": lambda c: checkpoint.validate(c.checkpoint),

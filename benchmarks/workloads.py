@@ -22,6 +22,12 @@ from asympo_jax.rollout.train_batch import TrainBatch
 
 # Generation: PROMPTS prompts of PROMPT_LEN tokens, NEW_TOKENS new tokens each, temperature 1, no early stop.
 PROMPTS, PROMPT_LEN, NEW_TOKENS = 64, 32, 64
+# Long-tailed generation (`benchmarks.generate --workload longtail`): LONGTAIL_ROWS prompts of PROMPT_LEN tokens,
+# one sample each, temperature 1; per model, (mean, cap) of the response lengths: a row ends at any of the
+# `longtail_eos` ids, which a random-init model draws with about 1/mean probability at every step, so lengths are
+# about geometric with that mean, capped at max_new_tokens = cap.
+LONGTAIL_ROWS = 256
+LONGTAIL = {"tiny": (64, 512), "small": (32, 256)}
 # Train step: B sequences of PROMPT + RESPONSE tokens, groups of G, one AdamW update.
 B, PROMPT, RESPONSE, G = 64, 32, 64, 8
 T = PROMPT + RESPONSE
@@ -42,6 +48,25 @@ def hf_fields(size: str) -> dict[str, Any]:
 def generation_prompts(vocab: int) -> np.ndarray:
   """[PROMPTS, PROMPT_LEN] int64 token ids, the same on both sides."""
   return np.random.default_rng(0).integers(3, vocab, (PROMPTS, PROMPT_LEN))
+
+
+def longtail_prompts(vocab: int) -> np.ndarray:
+  """[LONGTAIL_ROWS, PROMPT_LEN] int64 token ids, the same on both sides."""
+  return np.random.default_rng(1).integers(3, vocab, (LONGTAIL_ROWS, PROMPT_LEN))
+
+
+def longtail_eos(size: str) -> list[int]:
+  """The EOS ids of the long-tailed workload on `size`: vocab / mean ids, so that a random-init model, whose
+  next-token distribution is close to uniform, ends a row with probability about 1 / mean at every step."""
+  mean, _ = LONGTAIL[size]
+  return list(range(3, 3 + scratch.SIZES[size]["vocab_size"] // mean))
+
+
+def length_stats(lengths: Any) -> str:
+  """mean, p50, p90 and max of response lengths, as one line."""
+  x = np.asarray(lengths)
+  return (f"mean {x.mean():.1f}, p50 {np.percentile(x, 50):.0f}, p90 {np.percentile(x, 90):.0f}, "
+          f"max {x.max()}")
 
 
 def train_batch(vocab: int) -> TrainBatch:
@@ -173,8 +198,9 @@ def write_checkpoint(size: str, path: str) -> None:
   _reference("write", "--size", size, "--path", path)
 
 
-def reference_seconds(task: str, path: str, repeats: int) -> dict[str, Any]:
-  """Runs the PyTorch reference ("generate" or "train_step") on the checkpoint at `path` in its own process:
+def reference_seconds(task: str, path: str, repeats: int, *options: str) -> dict[str, Any]:
+  """Runs the PyTorch reference (a task of torch_reference.py, with its `options`) on the checkpoint at `path`
+  in its own process:
   {"seconds": best of `repeats`, "threads", "torch", "matmul_peak_flops" (torch.mm), "malloc"}.
 
   The reference runs twice, with this process's GLIBC_TUNABLES (the JAX side's, asympo_jax/common/cpu.py)
@@ -184,7 +210,8 @@ def reference_seconds(task: str, path: str, repeats: int) -> dict[str, Any]:
   envs = [("tuned malloc" if "GLIBC_TUNABLES" in os.environ else "glibc defaults", None)]
   if "GLIBC_TUNABLES" in os.environ:
     envs.append(("glibc defaults", {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}))
-  runs = [{**json.loads(_reference(task, "--path", path, "--repeats", str(repeats), env=env).strip().splitlines()[-1]),
+  runs = [{**json.loads(_reference(task, "--path", path, "--repeats", str(repeats), *options,
+                                   env=env).strip().splitlines()[-1]),
            "malloc": label} for label, env in envs]
   peak = max(r["matmul_peak_flops"] for r in runs)
   return {**min(runs, key=lambda r: r["seconds"]), "matmul_peak_flops": peak}

@@ -11,7 +11,9 @@ from asympo_jax.model import scratch
 from asympo_jax.model.decoder import create_model
 from asympo_jax.rollout.engine import Engine, make_sampler, slot_bytes, slot_count
 from asympo_jax.rollout.sampler import Sampler
+from asympo_jax.common.checks import ConfigError
 from asympo_jax.run import config as config_lib
+from asympo_jax.run import validation
 
 P, G, NEW = 8, 2, 40
 SAMPLING = {"greedy": dict(temperature=0.0), "top_p": dict(temperature=1.0, top_p=0.9)}
@@ -44,8 +46,14 @@ def long_tail_eos(model, sampling, prompts):
   return sorted({int(free.tokens_BxN[row, (5 * row) % NEW]) for row in range(0, P * G, 3)})
 
 
-@pytest.mark.parametrize("mesh_shape", [None, (8, 1, 1), (2, 2, 2)])
-@pytest.mark.parametrize("sampling", sorted(SAMPLING))
+# About a minute each on 2 cores: the default run keeps one case per mesh shape but (8, 1, 1).
+CASES = [("greedy", None), ("top_p", None), ("top_p", (2, 2, 2)),
+         pytest.param("greedy", (2, 2, 2), marks=pytest.mark.slow),
+         pytest.param("greedy", (8, 1, 1), marks=pytest.mark.slow),
+         pytest.param("top_p", (8, 1, 1), marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("sampling, mesh_shape", CASES)
 def test_engine_returns_the_static_samplers_samples(tiny, sampling, mesh_shape):
   mesh = None if mesh_shape is None else make_mesh(config_lib.ml_collections.ConfigDict(
       dict(zip(("data", "fsdp", "tensor"), mesh_shape))))
@@ -90,3 +98,16 @@ def test_slot_count_follows_a_kv_memory_budget(tiny):
   assert slot_count(tiny.cfg, cfg) == 10 * 2**20 // per_slot
   assert isinstance(make_sampler(tiny, cfg, [3], 0), Engine)
   assert isinstance(make_sampler(tiny, rollout_cfg("greedy"), [3], 0), Sampler)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(engine="paged"), "rollout.engine"),
+    (dict(slots=0, kv_memory_mb=0.0), "give exactly one"),
+    (dict(slots=8, kv_memory_mb=100.0), "give exactly one"),
+    (dict(slots=-1), "rollout.slots"),
+])
+def test_engine_keys_are_validated(overrides, match):
+  cfg = config_lib.base_config()
+  cfg.rollout.update(overrides)
+  with pytest.raises(ConfigError, match=match):
+    validation.validate(cfg)

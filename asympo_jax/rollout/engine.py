@@ -240,7 +240,9 @@ class Engine:
     self.mesh = mesh
     self.spec = decode_spec(cfg_rollout, pad_id)
     self.shards = row_shards(mesh)
-    self.slots = slot_count(model.cfg, cfg_rollout)
+    # Slots beyond a shard's rows would only idle.
+    rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
+    self.slots = min(slot_count(model.cfg, cfg_rollout), -(-rows // self.shards))
     self.window = max([len(s) for s in self.spec.stop_sequences], default=1)
     self.eos_E = np.asarray(eos_ids, np.int32)
     if mesh is not None:

@@ -1,6 +1,5 @@
 """The continuous-batching engine against the static sampler: the same samples whatever the slot count and the
 mesh, and compiled memory that does not depend on the number of rows."""
-import types
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from asympo_jax.common.sharding import make_mesh
 from asympo_jax.model import scratch
 from asympo_jax.model.decoder import create_model
 from asympo_jax.rollout.engine import Engine, make_sampler, slot_bytes, slot_count
-from asympo_jax.rollout.sampler import Sampler
+from asympo_jax.rollout.sampler import Sampler, program_bytes
 from asympo_jax.common.checks import ConfigError
 from asympo_jax.run import config as config_lib
 from asympo_jax.run import validation
@@ -21,7 +20,7 @@ SAMPLING = {"greedy": dict(temperature=0.0), "top_p": dict(temperature=1.0, top_
 
 @pytest.fixture(scope="module")
 def tiny():
-  return create_model(scratch.model_config("tiny", types.SimpleNamespace(eos_token_id=2)), seed=0)
+  return create_model(scratch.model_config("tiny"), seed=0)
 
 
 def rollout_cfg(sampling, **overrides):
@@ -84,7 +83,7 @@ def test_engine_compiled_memory_does_not_grow_with_the_rows(tiny):
     prompts = prompts_of(count=rows)
     cfg = rollout_cfg("top_p", prompts_per_step=rows, group_size=1, engine="continuous", slots=4)
     memory["engine", rows] = Engine(tiny, cfg, [3], pad_id=0).compiled_bytes(state, prompts)
-    memory["static", rows] = Sampler(tiny, cfg, [3], pad_id=0).compiled_bytes(state, prompts)
+    memory["static", rows] = program_bytes(Sampler(tiny, cfg, [3], pad_id=0).lower(state))
   assert memory["engine", 4 * P] == memory["engine", P]
   cache_row = 4 * 2 * 2 * 64 * 96 * 4  # tiny's KV cache of one row: 32 + 40 positions, in chunks of 32
   assert memory["static", 4 * P] - memory["static", P] >= 3 * P * cache_row

@@ -26,6 +26,7 @@ def get_config():
   c.data.eval = TASK + "&size=100&seed=2"
   c.data.template = "bare"
 
+  # 500: 15% greedy eval accuracy at seed 0 (token NLL 0.30), with room to move both ways; 200 left 5%.
   c.warm_start.steps = 500
   c.warm_start.lr = 3e-3
   c.warm_start.warmup_steps = 20
@@ -44,7 +45,7 @@ def get_config():
   c.objective.name = "asympo"
   c.objective.negative_scale = 0.5  # spo's lambda
   c.objective.split_grad_norms = True
-  c.optim.lr = 5e-5
+  c.optim.lr = 5e-5  # on an earlier layout of this task, 2e-4 degraded the policy even at k = 0
   c.optim.clip_norm = 1.0
   c.train.steps = 30
 

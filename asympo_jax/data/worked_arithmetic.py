@@ -12,8 +12,8 @@ the current NLL of stale responses can drift apart between right and wrong ones,
 supervised warm start leaves well between 0% and 100% accurate, and right and wrong responses of different
 lengths. More terms mean more lines and more chances of a slip, so wrong responses run longer, as in math RL.
 Each line rewrites the previous one with its first operation done, so the next operand is always the one
-right after the leading number: a scratch `tiny` model learns that layout quickly (a layout that wrote
-`a + b = c` lines had to find the next operand in the question, and stayed at 2% after the same warm start).
+right after the leading number (a layout that wrote `a + b = c` lines had to find the next operand in the
+question, and stayed at 2% greedy accuracy after 200 warm-start steps; this one reached 5% there, 15% at 500).
 It is generated from a seed, so it is offline, unlimited and the same on every machine.
 
 Spec: `proc:worked_arithmetic?size=2000&seed=0&min_terms=5&max_terms=8&min_value=1&max_value=9`.

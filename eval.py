@@ -100,8 +100,13 @@ def run_config(ckpt: Checkpoint) -> ml_collections.ConfigDict | None:
     checkpointer.close()
 
 
+def dtypes(cfg: ml_collections.ConfigDict) -> dict[str, str]:
+  """The model's storage and compute dtypes; a run saved before model.dtype existed computed in float32."""
+  return dict(param_dtype=cfg.model.param_dtype, dtype=cfg.model.get("dtype", "float32"))
+
+
 def load_hf(ckpt: Checkpoint, cfg: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, Any]:
-  return hf_io.load_model(ckpt.path, mesh, param_dtype=cfg.model.param_dtype), hf_io.load_tokenizer(ckpt.path)
+  return hf_io.load_model(ckpt.path, mesh, **dtypes(cfg)), hf_io.load_tokenizer(ckpt.path)
 
 
 def load_orbax(ckpt: Checkpoint, cfg: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, Any]:
@@ -110,7 +115,7 @@ def load_orbax(ckpt: Checkpoint, cfg: ml_collections.ConfigDict, mesh: Mesh) -> 
   pending rollout batches are never loaded."""
   if not cfg.model.hf_path:
     raise app.UsageError(f"{ckpt.path}: the run's config.model.hf_path is empty, so its architecture is unknown")
-  model = hf_io.load_model(cfg.model.hf_path, mesh, param_dtype=cfg.model.param_dtype)
+  model = hf_io.load_model(cfg.model.hf_path, mesh, **dtypes(cfg))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   target = {"train": {"params": checkpoint.abstract(params)}}
   restored = ocp.PyTreeCheckpointer().restore(  # restore_args: onto `mesh`, not the devices the run saved from

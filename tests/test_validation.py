@@ -35,6 +35,10 @@ BAD = [
     ({"train.steps": 0}, "train.steps", None),
     ({"model.hf_path": "/nonexistent"}, "not a Hugging Face directory", None),
     ({"model.remat": "some"}, "model.remat", None),
+    ({"model.dtype": "float16"}, "model.dtype", None),
+    ({"model.attention": "flash"}, "model.attention", None),
+    ({"model.attention": "splash"}, "runs on tpu only", None),  # the suite's devices are CPUs
+    ({"model.attention": "cudnn"}, "runs on gpu only", None),
     ({"rollout.group_size": 1}, "rollout.group_size", None),
     ({"seed": 2**31}, "seed", None),
     ({"seed": -1}, "seed", None),

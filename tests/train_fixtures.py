@@ -21,9 +21,9 @@ TINY = ModelConfig(model_type="qwen3", vocab_size=32, hidden_size=16, num_layers
                    max_position_embeddings=128, initializer_range=0.2)
 
 
-def tiny_model(mesh: Mesh | None = None, seed: int = 0) -> Decoder:
-  """The tiny decoder, its parameters placed by the sharding rules when a mesh is given."""
-  model = Decoder(TINY, rngs=nnx.Rngs(seed))
+def tiny_model(mesh: Mesh | None = None, seed: int = 0, cfg: ModelConfig = TINY) -> Decoder:
+  """The tiny decoder (or `cfg`'s), its parameters placed by the sharding rules when a mesh is given."""
+  model = Decoder(cfg, rngs=nnx.Rngs(seed))
   if mesh is not None:
     graphdef, state = nnx.split(model)
     state = jax.device_put(state, sharding.state_shardings(state, mesh))

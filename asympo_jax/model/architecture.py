@@ -14,6 +14,7 @@ import ml_collections
 import transformers
 
 from asympo_jax.common.checks import check
+from asympo_jax.model import attention
 
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
@@ -26,6 +27,10 @@ class UnsupportedModelError(ValueError):
 def validate(cfg_model: ml_collections.ConfigDict) -> None:
   """Checks the `model` config section; errors name the key."""
   check(cfg_model.param_dtype in DTYPES, "model.param_dtype", f"must be one of {DTYPES}")
+  check(cfg_model.dtype in DTYPES, "model.dtype",
+        f"must be one of {DTYPES} (the compute dtype; model.param_dtype is the storage dtype), got {cfg_model.dtype!r}")
+  check(cfg_model.attention in attention.NAMES, "model.attention",
+        f"must be one of {attention.NAMES}, got {cfg_model.attention!r}")
   check(cfg_model.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}")
   check(isinstance(cfg_model.scan_layers, bool), "model.scan_layers", "must be true or false")
   check(not cfg_model.hf_path or os.path.isfile(os.path.join(cfg_model.hf_path, "config.json")),
@@ -36,7 +41,8 @@ def validate(cfg_model: ml_collections.ConfigDict) -> None:
 
 def options(cfg_model: ml_collections.ConfigDict) -> dict[str, Any]:
   """The ModelConfig options a run's `model` section sets (for hf_io.load_model / ModelConfig.from_hf)."""
-  return dict(param_dtype=cfg_model.param_dtype, remat=cfg_model.remat, scan_layers=cfg_model.scan_layers)
+  return dict(param_dtype=cfg_model.param_dtype, dtype=cfg_model.dtype, attention=cfg_model.attention,
+              remat=cfg_model.remat, scan_layers=cfg_model.scan_layers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,13 +75,18 @@ class ModelConfig:
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   initializer_range: float = 0.02
-  param_dtype: str = "float32"  # float32 | bfloat16; activations use it too
+  param_dtype: str = "float32"  # float32 | bfloat16: the stored (master) parameters
+  dtype: str = "float32"  # float32 | bfloat16: the compute dtype, of the weights where used and the activations
+  attention: str = "plain"  # of the multi-token calls (train step, prefill): plain | chunked | splash | cudnn
   remat: str = "none"  # none | full | dots
   scan_layers: bool = False
 
   def __post_init__(self):
-    if self.param_dtype not in DTYPES:
-      raise UnsupportedModelError(f"param_dtype must be one of {DTYPES}, got {self.param_dtype!r}")
+    for name in ("param_dtype", "dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise UnsupportedModelError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+    if self.attention not in attention.NAMES:
+      raise UnsupportedModelError(f"attention must be one of {attention.NAMES}, got {self.attention!r}")
     if self.remat not in REMAT_POLICIES:
       raise UnsupportedModelError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
     if self.num_heads % self.num_kv_heads:
@@ -84,7 +95,7 @@ class ModelConfig:
 
   @classmethod
   def from_hf(cls, hf: transformers.PretrainedConfig, **options: Any) -> "ModelConfig":
-    """Reads an HF config; `options` set param_dtype / remat / scan_layers."""
+    """Reads an HF config; `options` set param_dtype / dtype / attention / remat / scan_layers."""
     arch = _architecture(hf)
     if _get(hf, "hidden_act") != "silu":
       raise UnsupportedModelError(f"hidden_act={_get(hf, 'hidden_act')!r}: only 'silu' (SwiGLU) is supported")

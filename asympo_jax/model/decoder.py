@@ -7,8 +7,16 @@ gives the [D, V] output projection (the tied embedding's transpose when tied).
 Layer parameters are stacked along a leading "layers" axis whatever `scan_layers` says, so checkpoints do not
 depend on it: `scan_layers` runs the layers with `lax.scan` (one compiled layer), otherwise a Python loop
 (unrolled). Calls with a KV cache always unroll (see `Decoder.__call__`). Layer math is a pure function of a
-dict of per-layer arrays. Norms, RoPE, attention softmax and logits are computed in float32; matmuls run in
-the parameter dtype.
+dict of per-layer arrays.
+
+Precision: parameters are stored in `param_dtype` and cast to the compute `dtype` where a layer uses them
+(MaxText's weight_dtype / dtype), so with float32 master weights the gradients are float32 too; activations
+and the KV cache are in `dtype`. Always float32 whatever `dtype`: RMSNorm statistics, RoPE tables and
+rotations, attention scores and softmax, and the logits.
+
+Attention: a decode step attends with `attention` below (the plain form, which reads the cache in place); the
+multi-token calls (the train step, a prefill) with `cfg.attention`: the same plain form, or a
+memory-efficient one from attention.py.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asympo_jax.common import cpu
+from asympo_jax.model import attention as attention_lib
 from asympo_jax.model import kv_cache as kvc
 from asympo_jax.model.architecture import Llama3RopeScaling, ModelConfig
 from asympo_jax.common.sharding import constrain, state_shardings
@@ -120,15 +129,16 @@ class Decoder(nnx.Module):
     (common/cpu.py says why).
     """
     cfg = self.cfg
-    h = jnp.take(self.embed[...], tokens_BxT, axis=0)
+    h = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(cfg.dtype)
     h = constrain(h, ("act_batch", "act_seq", "act_embed"))
     cos_sin = self.rope(positions_BxT) if rope is None else rope
     num_new = tokens_BxT.shape[1]
+    efficient = memory_efficient(cfg, num_new)
     if cache is None:
-      attn_mask = kvc.attention_mask(mask_BxT, jnp.zeros((), jnp.int32), num_new)
+      attn_mask = mask_BxT if efficient else kvc.attention_mask(mask_BxT, jnp.zeros((), jnp.int32), num_new)
     else:
       slot_mask = kvc.update_mask(cache, mask_BxT)
-      attn_mask = kvc.attention_mask(slot_mask, cache.index, num_new)
+      attn_mask = mask_BxT if efficient else kvc.attention_mask(slot_mask, cache.index, num_new)
 
     layer = _remat(cfg, functools.partial(layer_forward, cfg))
     layer_params = {name: p[...] for name, p in self.layers.items()}
@@ -144,9 +154,13 @@ class Decoder(nnx.Module):
         if kv is not None:
           new_k.append(kv[0])
           new_v.append(kv[1])
-    h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
+    h = rms_norm(h, self.final_norm[...].astype(cfg.dtype), cfg.rms_norm_eps)
     if cache is None:
       return h, None
+    if efficient:
+      # A memory-efficient attention sees only the T new tokens: right for a prefill into an empty cache, the
+      # one multi-token call with a cache. Into a cache that holds tokens it would be silently wrong: NaN instead.
+      h = jnp.where(cache.index == 0, h, jnp.nan)
     return h, kvc.KVCache(tuple(new_k), tuple(new_v), slot_mask, cache.index + num_new)
 
 
@@ -156,15 +170,24 @@ def _remat(cfg: ModelConfig, fn: Any) -> Any:
   return jax.checkpoint(fn, policy=_REMAT_POLICIES[cfg.remat])
 
 
+def memory_efficient(cfg: ModelConfig, num_new: int) -> bool:
+  """Whether a call with `num_new` tokens attends with cfg.attention rather than the plain form: the
+  multi-token calls do (the train step, a prefill); a decode step of one token keeps the plain form, which
+  reads the cache in place."""
+  return cfg.attention != "plain" and num_new > 1
+
+
 def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
-                  cos_sin: tuple[jax.Array, jax.Array], attn_mask_BxTxS: jax.Array,
+                  cos_sin: tuple[jax.Array, jax.Array], attn_mask: jax.Array,
                   past: tuple[jax.Array, jax.Array, jax.Array] | None
                   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
   """One pre-norm block. `past` = (k_BxKxCxhdxW, v_BxKxSxhd, index): this block's cache buffers (layouts in
-  kv_cache.py) and the first slot to write, or None.
+  kv_cache.py) and the first slot to write, or None. `attn_mask`: the [B, T, S] visibility of the plain
+  attention, or with a memory-efficient one (`memory_efficient`) the tokens' own mask [B, T].
 
   Returns the new hidden states and the updated (k, v) buffers (None without a cache).
   """
+  p = cast_params(p, cfg.dtype)  # per layer, inside a scan or a remat: never a compute copy of every layer
   x = rms_norm(h_BxTxD, p["input_norm"], cfg.rms_norm_eps)
   q, k, v = _qkv(cfg, x, p)
   if cfg.qk_norm:
@@ -172,6 +195,9 @@ def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
     k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
   q = constrain(apply_rope(q, *cos_sin), ("act_batch", "act_seq", "act_heads", "head_dim"))
   k = constrain(apply_rope(k, *cos_sin), ("act_batch", "act_seq", "act_kv_heads", "head_dim"))
+  efficient = memory_efficient(cfg, q.shape[1])
+  if efficient:
+    attn = attention_lib.ATTENTION[cfg.attention](q, k, v, attn_mask)
   k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2)  # [B, K, hd, T], [B, K, T, hd]: the cache's layout
   new_kv = None
   if past is not None:
@@ -179,7 +205,8 @@ def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
     k, v = new_kv = kvc.write_keys(k_cache, k, index), kvc.write_values(v_cache, v, index)
   else:
     k = k[:, :, None]  # one chunk of T keys
-  attn = attention(q, k, v, attn_mask_BxTxS)
+  if not efficient:
+    attn = attention(q, k, v, attn_mask)
   h_BxTxD = h_BxTxD + _proj(attn, p["o"], p.get("o_bias"))
   h_BxTxD = constrain(h_BxTxD, ("act_batch", "act_seq", "act_embed"))
   x = rms_norm(h_BxTxD, p["post_norm"], cfg.rms_norm_eps)
@@ -188,6 +215,11 @@ def layer_forward(cfg: ModelConfig, p: dict[str, jax.Array], h_BxTxD: jax.Array,
   hidden = constrain(jax.nn.silu(gate) * up, ("act_batch", "act_seq", "act_mlp"))
   h_BxTxD = h_BxTxD + _proj(hidden, p["down"], p.get("down_bias"))
   return constrain(h_BxTxD, ("act_batch", "act_seq", "act_embed")), new_kv
+
+
+def cast_params(params: Any, dtype: str) -> Any:
+  """Every array of a parameter tree in `dtype` (the weights as computed with; a no-op when already so)."""
+  return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
 def _qkv(cfg: ModelConfig, x_BxTxD: jax.Array, p: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:

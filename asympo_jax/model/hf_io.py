@@ -120,7 +120,7 @@ def _entries(cfg: ModelConfig) -> list[tuple[tuple[str, ...], ParamSpec, list[st
 
 
 def load_config(path: str, **options: Any) -> ModelConfig:
-  """The ModelConfig of an HF directory; `options` set param_dtype / remat / scan_layers."""
+  """The ModelConfig of an HF directory; `options` set param_dtype / dtype / attention / remat / scan_layers."""
   return ModelConfig.from_hf(transformers.AutoConfig.from_pretrained(path), **options)
 
 

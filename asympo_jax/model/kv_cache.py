@@ -4,7 +4,7 @@ API (used by the sampler):
 - `cache = init_cache(cfg, batch, max_len)`: one pair of zero buffers per layer, keys `k[l]`
   [B, K, S_max / KEY_CHUNK, head_dim, KEY_CHUNK] and values `v[l]` [B, K, S_max, head_dim] (S_max is max_len
   rounded up to a multiple of KEY_CHUNK); a slot validity mask `mask_BxS` (0 everywhere) and the next write slot
-  `index` (0). All fixed-shape, so the cache can be carried through `lax.while_loop` and donated to a jitted
+  `index` (0). Buffers are in the model's compute dtype (`cfg.dtype`) unless `dtype` says otherwise. All fixed-shape, so the cache can be carried through `lax.while_loop` and donated to a jitted
   step.
   The layouts make both attention products plain batched matmuls that read the cache without a transpose:
   queries x keys contracts over head_dim per (B, K, chunk), probs x values over slots per (B, K). Keys come in
@@ -56,7 +56,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = N
   slots = chunked_slots(max_len)
   k_shape = (batch, cfg.num_kv_heads, slots // KEY_CHUNK, cfg.head_dim, KEY_CHUNK)
   v_shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
-  dtype = dtype or cfg.param_dtype
+  dtype = dtype or cfg.dtype
   layers = range(cfg.num_layers)
   return KVCache(tuple(jnp.zeros(k_shape, dtype) for _ in layers), tuple(jnp.zeros(v_shape, dtype) for _ in layers),
                  jnp.zeros((batch, slots), jnp.int32), jnp.zeros((), jnp.int32))

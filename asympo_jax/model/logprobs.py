@@ -2,7 +2,7 @@
 
 logprobs_BxT[:, t] = log p(tokens[:, t] | tokens[:, <t]), scored from hidden_BxTxD[:, t - 1]; column 0
 (no context) is 0, and so is every column before `start` when one is given. Everything is computed in
-float32, whatever the parameter dtype.
+float32, whatever the parameter and compute dtypes.
 
 The direct version materialises the [B, T, V] float32 logits (and their gradient), 2.3 GiB each for B=8,
 T=512 on a 152k vocabulary. The chunked version maps over time chunks and rematerialises each

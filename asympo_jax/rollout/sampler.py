@@ -27,6 +27,10 @@ Randomness: row p*G + g draws its t-th token at the t-th of the uniform numbers 
 depends on (seed, step, prompt id, g) only (sampling.row_keys), so a response never depends on the rest of the
 batch.
 
+Precision: generate computes with a copy of the weights in the model's compute dtype (model.dtype), made once
+per call unless the published parameters already are (run.make_transfer casts them), and a KV cache in that
+dtype; the logits and behaviour log-probs are float32.
+
 Behaviour log-probs (rollout.record_behaviour_logprobs, used by the behaviour-corrected baselines and the
 diagnostics) are float32, at the sampled token. rollout.behaviour_logprobs = "raw" records the log-softmax of
 the *untempered, unfiltered* model logits; with temperature != 1 or top-k/top-p these are not the log-probs of
@@ -59,7 +63,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from asympo_jax.model import kv_cache as kvc
 from asympo_jax.rollout import token_choice as sampling
 from asympo_jax.common.checks import ConfigError, check
-from asympo_jax.model.decoder import Decoder, positions_of, rope_inputs
+from asympo_jax.model.decoder import Decoder, cast_params, positions_of, rope_inputs
 from asympo_jax.common.sharding import constrain, data_mesh, logical_sharding, row_shards
 
 MIN_PROMPT_BUCKET = 16
@@ -230,6 +234,9 @@ def generate_arrays(graphdef: nnx.GraphDef, state: nnx.State, prompt_PxL: jax.Ar
   Row b continues prompt b // G, where G = B / P: the P prompts are prefilled once and their cache and
   first-token logits are repeated for the G rows of each group.
   """
+  # One compute-dtype copy of the weights per call, outside the decode loop: cast inside it, every token would
+  # convert them all again. A no-op when the published copy is already in the compute dtype (make_transfer).
+  state = cast_params(state, nnx.merge(graphdef, state).cfg.dtype)
   model = nnx.merge(graphdef, state)
   prompts, prompt_len = prompt_PxL.shape
   batch = keys_B.shape[0]

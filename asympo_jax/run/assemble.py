@@ -33,7 +33,8 @@ from asympo_jax.common import sharding
 from asympo_jax.train import loop as trainer
 from asympo_jax.run import validation
 from asympo_jax.rollout import supervised as supervised_batch
-from asympo_jax.model.decoder import Decoder
+from asympo_jax.model import architecture as model_config
+from asympo_jax.model.decoder import Decoder, cast_params
 
 
 def initialize_distributed(cfg_distributed: ml_collections.ConfigDict) -> None:
@@ -76,8 +77,11 @@ def sampling_mesh(cfg: ml_collections.ConfigDict, training_mesh: Mesh,
   return sampler.rollout_mesh(cfg.rollout, devices) or training_mesh
 
 
-def make_transfer(mesh: Mesh) -> Callable[[Any], Any]:
-  """A function that copies published parameters onto `mesh` (gathered first with several processes).
+def make_transfer(mesh: Mesh, dtype: str | None = None) -> Callable[[Any], Any]:
+  """A function that copies published parameters onto `mesh` (gathered first with several processes), in
+  the compute `dtype` (model.dtype; None: as published). The sampler computes in that dtype anyway: cast
+  before the move, the copy the generator holds and the bytes it moves are half the float32 ones under
+  bfloat16 compute.
 
   Always a copy, even onto the very shardings the parameters have: the learner donates them to its next step.
   """
@@ -85,6 +89,8 @@ def make_transfer(mesh: Mesh) -> Callable[[Any], Any]:
 
   def transfer(params):
     nonlocal targets
+    if dtype is not None:
+      params = cast_params(params, dtype)
     if targets is None:
       targets = sharding.state_shardings(params, mesh)
     if jax.process_count() > 1:
@@ -143,8 +149,7 @@ def run(cfg: ml_collections.ConfigDict, supervised: bool = False) -> trainer.Res
   for the warm start.
   """
   mesh = sharding.make_mesh(cfg.mesh, validation.training_devices(cfg))
-  model = hf_io.load_model(cfg.model.hf_path, mesh, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
-                           scan_layers=cfg.model.scan_layers)
+  model = hf_io.load_model(cfg.model.hf_path, mesh, **model_config.options(cfg.model))
   tokenizer = hf_io.load_tokenizer(cfg.model.hf_path)
   problems = data.load(cfg.data.train, cfg.data.dir, cfg.data.hub)
   limit = cfg.rollout.max_prompt_len
@@ -158,7 +163,7 @@ def run(cfg: ml_collections.ConfigDict, supervised: bool = False) -> trainer.Res
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
   decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
   sample_mesh = sampling_mesh(cfg, mesh)
-  transfer = make_transfer(sample_mesh)
+  transfer = make_transfer(sample_mesh, cfg.model.dtype)
   with rewards.RewardPool(cfg.data.reward_workers, cfg.data.reward_timeout_s) as pool:
     if supervised:  # the generator builds batches from gold answers: it needs no copy of the parameters
       local_prompts = process_prompts(prompts_for_step, cfg.rollout.prompts_per_step)

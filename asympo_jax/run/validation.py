@@ -16,6 +16,7 @@ from asympo_jax.data import datasets as data
 from asympo_jax.evaluation import scores as evaluation
 from asympo_jax.train import metrics
 from asympo_jax.model import architecture as model_config
+from asympo_jax.model import attention
 from asympo_jax.train import objectives
 from asympo_jax.train import optim
 from asympo_jax.rollout import generator as rollout
@@ -97,6 +98,10 @@ def validate(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
         "must be empty with several processes (each process samples on its own local devices)")
   train_devices = training_devices(cfg, devices)
   check(train_devices, "rollout.devices", "leaves no device for training")
+  platform, name = train_devices[0].platform, cfg.model.attention
+  check(attention.runs_on(name, platform), "model.attention",
+        f"{name!r} runs on {'/'.join(attention.BACKENDS[name] or ['any backend'])} only, these devices are "
+        f"{platform}; use {attention.memory_efficient(platform)!r} or 'plain' here")
   mesh = sharding.make_mesh(cfg.mesh, train_devices)
   _validate_batch(cfg, dict(mesh.shape), processes)
 

@@ -24,6 +24,7 @@ import tempfile
 from typing import Callable
 
 import jax
+import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -35,15 +36,21 @@ from asympo_jax.run.config import base_config
 from benchmarks import workloads
 
 
-def jax_step(path: str, chunk: int, mesh: Mesh) -> Callable[[], None]:
-  """One call = one of our jitted train steps on `mesh` on the workload batch, blocking until it is done (the
-  first call compiles)."""
+def step_config(chunk: int) -> ml_collections.ConfigDict:
+  """The run config of the workload's step; `chunk` is train.logprob_chunk."""
   cfg = base_config()
   cfg.rollout.prompts_per_step, cfg.rollout.group_size = workloads.B // workloads.G, workloads.G
   cfg.rollout.max_prompt_len, cfg.rollout.max_new_tokens = workloads.PROMPT, workloads.RESPONSE
   cfg.optim.lr, cfg.optim.clip_norm = 1e-5, 1.0
   cfg.train.logprob_chunk = chunk
-  model = hf_io.load_model(path, mesh)
+  return cfg
+
+
+def jax_step(path: str, chunk: int, mesh: Mesh, dtype: str = "float32") -> Callable[[], None]:
+  """One call = one of our jitted train steps on `mesh` on the workload batch, blocking until it is done (the
+  first call compiles); float32 master weights, `dtype` compute (model.dtype)."""
+  cfg = step_config(chunk)
+  model = hf_io.load_model(path, mesh, dtype=dtype)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, schedule = optim.make_optimizer(cfg.optim, total_steps=100)
   state, shardings = train_step.init_state(params, tx, mesh)

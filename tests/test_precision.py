@@ -183,5 +183,7 @@ def test_a_bfloat16_micro_run_learns_as_the_float32_one_does(tmp_path):
   assert abs(bf16["warm_loss_last30"] - f32["warm_loss_last30"]) <= 0.15 * f32["warm_loss_last30"]
   assert max(abs(a - b) for a, b in zip(bf16["accuracy"], f32["accuracy"])) <= 0.16
   assert abs(bf16["reward_mean"] - f32["reward_mean"]) <= 0.15
-  # The training/inference mismatch at staleness 0: float32's is rounding only; bfloat16's is larger.
-  assert f32["offpolicy_kl"] < 1e-5 < bf16["offpolicy_kl"]
+  # The training/inference mismatch at staleness 0 (k3 KL ~ half the mean square log-prob gap): float32's
+  # gaps are float32 roundings (~1e-6, KL ~1e-12); bfloat16's are larger but stay far below u = 2^-8 per token
+  # (KL < u^2 / 2 ~ 1e-5), as sampler and learner use the same bfloat16 weights.
+  assert f32["offpolicy_kl"] < 1e-9 < bf16["offpolicy_kl"] < UNIT_ROUNDOFF**2 / 2

@@ -24,7 +24,7 @@ from asympo_jax.common.sharding import data_mesh
 from configs import default as default_config
 from asympo_jax.model import hf_io
 from asympo_jax.model import kv_cache
-from asympo_jax.rollout.sampler import Sampler
+from asympo_jax.rollout.engine import make_sampler
 from asympo_jax.run import assemble as run
 from asympo_jax.run import config as config_lib
 from asympo_jax.train import optim
@@ -117,7 +117,8 @@ def test_bfloat16_compute_keeps_params_gradients_and_adam_moments_float32():
 
 
 
-def test_the_sampler_computes_with_a_bfloat16_copy_made_at_publish_or_in_generate(tmp_path):
+@pytest.mark.parametrize("engine", ["static", "continuous"])
+def test_the_sampler_computes_with_a_bfloat16_copy_made_at_publish_or_in_generate(tmp_path, engine):
   # make_transfer's bfloat16 copy and generate's own cast of the float32 master weights are the same
   # weights: the samples and their float32 behaviour log-probs must be identical.
   path = str(tmp_path / "qwen3")
@@ -127,9 +128,9 @@ def test_the_sampler_computes_with_a_bfloat16_copy_made_at_publish_or_in_generat
   assert all(x.dtype == jnp.bfloat16 for x in cache.k + cache.v)
   rollout = config_lib.base_config().rollout
   rollout.update(prompts_per_step=2, group_size=2, max_prompt_len=16, max_new_tokens=6,
-                 record_behaviour_logprobs=True)
+                 record_behaviour_logprobs=True, engine=engine, slots=2)
   mesh = data_mesh(jax.devices()[:2])
-  sampler = Sampler(model, rollout, eos_ids=[], pad_id=0, mesh=mesh)
+  sampler = make_sampler(model, rollout, eos_ids=[], pad_id=0, mesh=mesh)
   master = run.make_transfer(mesh)(nnx.state(model))
   copy = run.make_transfer(mesh, model.cfg.dtype)(nnx.state(model))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(master))

@@ -49,7 +49,7 @@ from asympo_jax.common.checks import check
 from asympo_jax.common.sharding import constrain, logical_sharding, row_shards
 from asympo_jax.model import kv_cache as kvc
 from asympo_jax.model.architecture import ModelConfig
-from asympo_jax.model.decoder import Decoder, positions_of, rope_inputs
+from asympo_jax.model.decoder import Decoder, cast_params, positions_of, rope_inputs
 from asympo_jax.rollout import token_choice as sampling
 from asympo_jax.rollout.sampler import (EXIT_CHECK_STEPS, DecodeSpec, Sampler, Samples, decode_spec, logits_of,
                                         pad_prompts, program_bytes, restack, speed_stats,
@@ -76,7 +76,7 @@ def validate(cfg_rollout: ml_collections.ConfigDict) -> None:
 def slot_bytes(cfg: ModelConfig, max_prompt_len: int, max_new_tokens: int, dtype: str | None = None) -> int:
   """KV cache bytes of one slot: layers x (keys + values) x KV heads x head_dim x slots x dtype size, the
   slots being the longest prompt bucket + max_new_tokens, rounded up to whole key chunks."""
-  itemsize = jnp.dtype(dtype or cfg.param_dtype).itemsize
+  itemsize = jnp.dtype(dtype or cfg.dtype).itemsize  # the cache is in the compute dtype (kv_cache.init_cache)
   length = kvc.chunked_slots(max_prompt_len + max_new_tokens)
   return cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * length * itemsize
 
@@ -257,6 +257,9 @@ class Engine:
                prompt_ids: Sequence[int] | None = None) -> Samples:
     """G samples of each prompt, rows group-contiguous, as `Sampler.generate`."""
     start = time.perf_counter()
+    # The compute-dtype copy of the weights, once per call rather than in every decode step (a no-op when the
+    # published copy already is, as run.make_transfer makes it).
+    state = cast_params(state, self.model_cfg.dtype)
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
       out, counts = self._generate(state, prompts, seed, step, prompt_ids)
     seconds = time.perf_counter() - start

@@ -99,3 +99,13 @@ def test_train_py_check_refuses_a_run_that_does_not_fit_with_the_plans_numbers()
 def test_an_8_chip_slice_is_one_host(name, chips):
   devices = targets.target(name).devices
   assert len(devices) == chips and {d.process_index for d in devices} == {0}
+
+
+def test_the_continuous_engines_kv_cache_is_its_slots_not_its_rows():
+  cfg = tiny_config()
+  cfg.rollout.engine, cfg.rollout.slots = "continuous", 4
+  p = plan.pieces(cfg, targets.target("cpu:8").devices)
+  rollout, _, cache = plan.rollout_program(cfg, p, targets.target("cpu:8").chip)
+  length = 32  # the prompt bucket (16) + 8 new tokens, in whole chunks of 32 slots
+  assert plan._device_bytes((cache.k, cache.v)) == L * 2 * K * HD * length * 4 * 4  # 4 slots on each device
+  assert rollout.total_bytes > 0 and rollout.error is None

@@ -52,7 +52,7 @@ from asympo_jax.model.architecture import ModelConfig
 from asympo_jax.model.decoder import Decoder, cast_params, positions_of, rope_inputs
 from asympo_jax.rollout import token_choice as sampling
 from asympo_jax.rollout.sampler import (EXIT_CHECK_STEPS, DecodeSpec, Sampler, Samples, decode_spec, logits_of,
-                                        pad_prompts, program_bytes, restack, speed_stats,
+                                        pad_prompts, program_bytes, prompt_bucket, restack, speed_stats,
                                         split_layers)
 
 ENGINES = ("static", "continuous")  # rollout.engine (`make_sampler`)
@@ -109,12 +109,14 @@ class Slots(NamedTuple):
   position_S: jax.Array  # int32, position of the prompt's last token
 
 
+def slot_axes(slots: Slots) -> Slots:
+  """The logical axes of every field of `slots` (arrays or shapes): the slots split like rows."""
+  rows = lambda x: ("act_batch",) + (None,) * (len(x.shape) - 1)
+  return Slots(kvc.cache_axes(len(slots.cache.k))._replace(index=("act_batch",)), *map(rows, slots[1:]))
+
+
 def _constrain_slots(slots: Slots) -> Slots:
-  cache_axes = kvc.cache_axes(len(slots.cache.k))._replace(index=("act_batch",))
-  rows = lambda x: constrain(x, ("act_batch",) + (None,) * (x.ndim - 1))
-  cache = jax.tree.map(lambda x, axes: constrain(x, axes), slots.cache, cache_axes,
-                       is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x))
-  return Slots(cache, *map(rows, slots[1:]))
+  return jax.tree.map(constrain, slots, slot_axes(slots))  # each array of `slots` takes its tuple of axis names
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "slots", "length", "window", "spec"))
@@ -244,9 +246,7 @@ class Engine:
     rows = cfg_rollout.prompts_per_step * cfg_rollout.group_size
     self.slots = min(slot_count(model.cfg, cfg_rollout), -(-rows // self.shards))
     self.window = max([len(s) for s in self.spec.stop_sequences], default=1)
-    self.eos_E = np.asarray(eos_ids, np.int32)
-    if mesh is not None:
-      self.eos_E = jax.device_put(self.eos_E, NamedSharding(mesh, PartitionSpec()))
+    self.eos_ids_E = np.asarray(eos_ids, np.int32)
 
   def _put(self, x: np.ndarray) -> jax.Array | np.ndarray:
     if self.mesh is None:
@@ -270,19 +270,38 @@ class Engine:
   def compiled_bytes(self, state: nnx.State, prompts: Sequence[Sequence[int]]) -> int:
     """Memory of the decode program plus the widest admit program (S prompts per shard) for the prompt
     bucket of `prompts` (`program_bytes`): nothing in them has a dimension of rows."""
+    bucket = pad_prompts(prompts, self.cfg.max_prompt_len, self.spec.pad_id)[0].shape[1]
+    return sum(program_bytes(lowered) for lowered in self.lower(state, bucket))
+
+  def lower(self, state: nnx.State, bucket: int | None = None) -> list[jax.stages.Lowered]:
+    """The decode program and the widest admit program (S prompts per shard) for prompts padded to `bucket`
+    (default: the longest bucket), lowered from shapes alone: `state` may be abstract (jax.ShapeDtypeStruct
+    leaves on the engine's mesh), as the plan gives it."""
     D, S = self.shards, self.slots
-    prompt_PxL, mask_PxL = pad_prompts(prompts, self.cfg.max_prompt_len, self.spec.pad_id)
-    bucket = prompt_PxL.shape[1]
-    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-      slots = empty_slots(self.model_cfg, D * S, bucket + self.spec.max_new_tokens, self.window, self.spec)
-      decode_bytes = program_bytes(decode.lower(self.graphdef, state, slots, self._put(np.zeros(D, np.int32)),
-                                                self.eos_E, spec=self.spec, shards=D))
-      pick = np.resize(np.arange(len(prompts)), D * S)
-      arrays = tuple(self._put(x) for x in (prompt_PxL[pick], mask_PxL[pick], np.zeros(D * S, np.int32),
-                                            np.zeros((D * S, 2), np.uint32)))
-      rope = rope_inputs(self.graphdef, arrays[1], state)
-      return decode_bytes + program_bytes(admit.lower(self.graphdef, state, slots, arrays[0], arrays[1], rope,
-                                                      *arrays[2:], self.eos_E, spec=self.spec, shards=D))
+    bucket = bucket or prompt_bucket(self.cfg.max_prompt_len, self.cfg.max_prompt_len)
+    shape = lambda x, axes: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=None if self.mesh is None else logical_sharding(axes, x.shape, self.mesh))
+    rows = lambda dims, dtype: shape(jax.ShapeDtypeStruct(dims, dtype), ("act_batch",) + (None,) * (len(dims) - 1))
+    with self._mesh_context():
+      slots = jax.eval_shape(functools.partial(empty_slots, self.model_cfg, D * S, bucket + self.spec.max_new_tokens,
+                                               self.window, self.spec))
+      slots = jax.tree.map(shape, slots, slot_axes(slots))
+      eos = shape(jax.ShapeDtypeStruct(self.eos_ids_E.shape, jnp.int32), (None,))
+      prompt, mask = rows((D * S, bucket), jnp.int32), rows((D * S, bucket), jnp.int32)
+      rope = jax.eval_shape(functools.partial(rope_inputs, self.graphdef), mask, state)
+      return [decode.lower(self.graphdef, state, slots, rows((D,), jnp.int32), eos, spec=self.spec, shards=D),
+              admit.lower(self.graphdef, state, slots, prompt, mask, rope, rows((D * S,), jnp.int32),
+                          rows((D * S, 2), jnp.uint32), eos, spec=self.spec, shards=D)]
+
+  def _mesh_context(self):
+    return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+  @functools.cached_property
+  def _eos_on_devices(self) -> jax.Array | np.ndarray:
+    """The EOS ids, placed once on the mesh at the first generate (every call reads them)."""
+    if self.mesh is None:
+      return self.eos_ids_E
+    return jax.device_put(self.eos_ids_E, NamedSharding(self.mesh, PartitionSpec()))
 
   def _generate(self, state, prompts, seed, step, prompt_ids):
     group, n, S, D = self.cfg.group_size, self.spec.max_new_tokens, self.slots, self.shards
@@ -306,7 +325,7 @@ class Engine:
       if (held < 0).all():
         break
       refill_at_D = np.array([min(threshold, len(q)) if q else S + 1 for q in pending], np.int32)
-      slots, ran = decode(self.graphdef, state, slots, self._put(refill_at_D), self.eos_E, spec=self.spec, shards=D)
+      slots, ran = decode(self.graphdef, state, slots, self._put(refill_at_D), self._eos_on_devices, spec=self.spec, shards=D)
       live_S, step_S, finish_S = jax.device_get((slots.live_S, slots.step_S, slots.finish_S))
       counts["decode_steps"] += int(ran)
       done_S = (held.reshape(-1) >= 0) & ~live_S
@@ -348,7 +367,7 @@ class Engine:
                                           keys_DxSx2.reshape(D * S, 2)))
     t0 = time.perf_counter()
     rope = rope_inputs(self.graphdef, arrays[1], state)
-    slots = admit(self.graphdef, state, slots, arrays[0], arrays[1], rope, *arrays[2:], self.eos_E, spec=self.spec,
+    slots = admit(self.graphdef, state, slots, arrays[0], arrays[1], rope, *arrays[2:], self._eos_on_devices, spec=self.spec,
                   shards=D)
     jax.block_until_ready(slots.step_S)
     counts["prefill_seconds"] += time.perf_counter() - t0

@@ -41,7 +41,7 @@ from asympo_jax.common.checks import ConfigError, check
 from asympo_jax.model import architecture, hf_io, kv_cache, scratch
 from asympo_jax.model.architecture import ModelConfig
 from asympo_jax.model.decoder import Decoder
-from asympo_jax.rollout import sampler, train_batch
+from asympo_jax.rollout import engine, sampler, train_batch
 from asympo_jax.run import assemble, costs, targets, validation
 from asympo_jax.run.targets import Chip
 from asympo_jax.train import optim
@@ -171,19 +171,36 @@ def train_program(cfg: ml_collections.ConfigDict, p: Pieces, chip: Chip) -> tupl
 
 def rollout_program(cfg: ml_collections.ConfigDict, p: Pieces, chip: Chip) -> tuple[Program, nnx.State, Any]:
   """The compiled rollout, with the generator's copy of the parameters (run/assemble.py's make_transfer puts it
-  on the sampling mesh) and its largest KV cache, both abstract."""
-  check(cfg.rollout.engine == "static", "rollout.engine",
-        "the plan compiles the static sampler only (plan with rollout.engine=static)")
+  on the sampling mesh) and its largest KV cache, both abstract. The continuous engine's two programs (decode
+  and admit) run one at a time over the same slots: the larger counts."""
   gen_params = _abstract(p.params, sharding.state_shardings(p.params, p.sample_mesh))
   eos = p.model_cfg.eos_token_id
   eos = [eos] if isinstance(eos, int) else list(eos or ())  # the run adds the tokenizer's: one id more or less
   smp = assemble.make_sampler(cfg, p.model, p.sample_mesh, eos, pad_id=0)
-  call_prompts = smp.micro_prompts(smp.cfg.prompts_per_step)
-  cache = _cache(p.model_cfg, cfg.rollout, call_prompts * cfg.rollout.group_size, p.sample_mesh)
+  r = cfg.rollout
+  prompt_len = sampler.prompt_bucket(r.max_prompt_len, r.max_prompt_len)
+  if isinstance(smp, engine.Engine):
+    calls, call_prompts, rows = 1, r.prompts_per_step, smp.slots * smp.shards
+    phases = costs.engine_phases(r, rows)
+    slots = kv_cache.chunked_slots(prompt_len + r.max_new_tokens)
+  else:
+    call_prompts = smp.micro_prompts(smp.cfg.prompts_per_step)
+    calls, rows = -(-r.prompts_per_step // call_prompts), call_prompts * r.group_size
+    phases = costs.static_phases(r, call_prompts)
+    slots = sampler.cache_lengths(prompt_len, r.max_new_tokens, r.decode_segments)[-1]
+  cache = _cache(p.model_cfg, rows, slots, p.sample_mesh)
   weight_bytes = _device_bytes(gen_params) * p.sample_mesh.shape["fsdp"]  # gathered whole for every step
-  kv_per_slot = _device_bytes(cache) / cache.mask_BxS.shape[1]
-  cost = costs.rollout(cfg, p.model_cfg, chip, p.sample_mesh.size, call_prompts, weight_bytes, kv_per_slot)
-  return _program("rollout", smp.lower(gen_params), cost, _device_bytes(gen_params)), gen_params, cache
+  kv_per_row_slot = _device_bytes((cache.k, cache.v)) * p.sample_mesh.size / (rows * slots)
+  cost = costs.rollout(cfg, p.model_cfg, chip, p.sample_mesh.size, calls, call_prompts, phases, weight_bytes,
+                       kv_per_row_slot)
+  lowered = smp.lower(gen_params)
+  programs = [_program("rollout", one, cost, _device_bytes(gen_params))
+              for one in (lowered if isinstance(lowered, list) else [lowered])]
+  largest = max(programs, key=lambda q: q.total_bytes)
+  largest.compile_s = sum(q.compile_s for q in programs)
+  largest.xla_flops = sum(q.xla_flops for q in programs)
+  largest.error = next((q.error for q in programs if q.error), None)
+  return largest, gen_params, cache
 
 
 def build(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device], chip: Chip) -> Plan:
@@ -197,12 +214,8 @@ def build(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device], chip: C
               train=train, rollout=rollout)
 
 
-def _cache(model_cfg: ModelConfig, cfg_rollout: ml_collections.ConfigDict, rows: int, mesh: Mesh
-           ) -> kv_cache.KVCache:
-  """The largest KV cache of a generate call on `rows` rows (its last decode segment), abstract and sharded as
-  the sampler lays it out."""
-  prompt_len = sampler.prompt_bucket(cfg_rollout.max_prompt_len, cfg_rollout.max_prompt_len)
-  slots = sampler.cache_lengths(prompt_len, cfg_rollout.max_new_tokens, cfg_rollout.decode_segments)[-1]
+def _cache(model_cfg: ModelConfig, rows: int, slots: int, mesh: Mesh) -> kv_cache.KVCache:
+  """The KV cache of `rows` rows and `slots` slots, abstract and sharded as the sampler lays it out."""
   shapes = jax.eval_shape(lambda: kv_cache.init_cache(model_cfg, rows, slots))
   axes = kv_cache.cache_axes(model_cfg.num_layers)
   place = lambda x, axes_x: jax.ShapeDtypeStruct(x.shape, x.dtype,
@@ -225,7 +238,9 @@ def describe(plan: Plan, cfg: ml_collections.ConfigDict) -> str:
            f"  model: param_dtype {cfg.model.param_dtype}, remat {cfg.model.remat}; {plan.devices} devices, "
            f"train and rollout {'on the same devices' if plan.shared else 'on separate devices'}",
            f"  train step: {cfg.train.micro_batches} micro-batches of {rows // cfg.train.micro_batches} rows; rollout: "
-           f"{cfg.rollout.micro_batches} call(s), {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} "
+           + (f"continuous engine, {cfg.rollout.slots or 'rollout.kv_memory_mb'} slots per data shard"
+              if cfg.rollout.engine == "continuous" else f"static, {cfg.rollout.micro_batches} call(s)")
+           + f", {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} "
            f"samples in all, {cfg.rollout.max_prompt_len} + {cfg.rollout.max_new_tokens} tokens",
            f"  GiB per device: parameters {_gib(plan.params_bytes).strip()}, optimizer state "
            f"{_gib(plan.optimizer_bytes).strip()}, generator copy {_gib(plan.generator_params_bytes).strip()}, "

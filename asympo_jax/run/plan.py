@@ -170,10 +170,12 @@ def train_program(cfg: ml_collections.ConfigDict, p: Pieces, chip: Chip) -> tupl
 
 
 def rollout_program(cfg: ml_collections.ConfigDict, p: Pieces, chip: Chip) -> tuple[Program, nnx.State, Any]:
-  """The compiled rollout, with the generator's copy of the parameters (run/assemble.py's make_transfer puts it
-  on the sampling mesh) and its largest KV cache, both abstract. The continuous engine's two programs (decode
+  """The compiled rollout, with the generator's copy of the parameters and its largest KV cache, both abstract. The continuous engine's two programs (decode
   and admit) run one at a time over the same slots: the larger counts."""
-  gen_params = _abstract(p.params, sharding.state_shardings(p.params, p.sample_mesh))
+  # As run/assemble.py's make_transfer(sample_mesh, model.dtype) publishes them: in the compute dtype.
+  gen_params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, np.dtype(jax.numpy.dtype(cfg.model.dtype)),
+                                                               sharding=s),
+                            p.params, sharding.state_shardings(p.params, p.sample_mesh))
   eos = p.model_cfg.eos_token_id
   eos = [eos] if isinstance(eos, int) else list(eos or ())  # the run adds the tokenizer's: one id more or less
   smp = assemble.make_sampler(cfg, p.model, p.sample_mesh, eos, pad_id=0)
@@ -235,7 +237,8 @@ def describe(plan: Plan, cfg: ml_collections.ConfigDict) -> str:
   fit = lambda n, error=None: "fits" if n <= hbm and not error else "DOES NOT FIT"
   lines = [f"plan for {plan.target}: {plan.devices} x {chip.name}, {hbm / GiB:.1f} GiB HBM each"
            + (f", peak {chip.peak_flops / 1e12:.0f} TFLOP/s" if chip.peak_flops else ""),
-           f"  model: param_dtype {cfg.model.param_dtype}, remat {cfg.model.remat}; {plan.devices} devices, "
+           f"  model: param_dtype {cfg.model.param_dtype}, dtype {cfg.model.dtype}, attention {cfg.model.attention}, "
+           f"remat {cfg.model.remat}; {plan.devices} devices, "
            f"train and rollout {'on the same devices' if plan.shared else 'on separate devices'}",
            f"  train step: {cfg.train.micro_batches} micro-batches of {rows // cfg.train.micro_batches} rows; rollout: "
            + (f"continuous engine, {cfg.rollout.slots or 'rollout.kv_memory_mb'} slots per data shard"

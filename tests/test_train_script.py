@@ -60,3 +60,28 @@ def test_tiny_run_end_to_end(tmp_path):
   assert {"loss", "reward/mean", "rollout/lag_mean", "optim/grad_norm", "balance/neg_pos_ratio"} <= set(records[1])
   assert os.listdir(tmp_path / "run" / "checkpoints") == ["2"]
   assert sorted(os.listdir(tmp_path / "run" / "eval")) == ["basic_arithmetic.json", "basic_arithmetic.png"]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_exits_unfinished_and_resumes(tmp_path):
+  # A zero status would let sweep.py mark the stopped run done and never finish it.
+  import signal
+  import time
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, os.path.join(REPO, "train.py"), f"--config={REPO}/configs/micro.py",
+         f"--config.workdir={workdir}", "--config.train.steps=40", "--config.eval.every=0"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  jsonl, deadline = workdir / "metrics.jsonl", time.time() + 600
+  while not (jsonl.exists() and jsonl.read_text().count("\n") >= 1):
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 75, err[-3000:]
+  stopped = [json.loads(line)["step"] for line in open(jsonl)]
+  assert stopped[-1] < 40 and str(stopped[-1]) in os.listdir(workdir / "checkpoints")
+  done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert [json.loads(line)["step"] for line in open(jsonl)] == list(range(1, 41))

@@ -115,7 +115,9 @@ def bench_longtail(name: str, meshes: dict[str, Mesh], repeats: int, rounds: int
       return {key: workloads.best_seconds(run, repeats) for key, run in runs.items()}
 
     def reference() -> dict[str, dict]:
-      return {mode: workloads.reference_seconds("generate_longtail", path, repeats, "--size", name, "--mode", mode)
+      # glibc's defaults only: the malloc tunables do not speed up transformers' generate (docs/benchmarks.md)
+      return {mode: workloads.reference_seconds("generate_longtail", path, repeats, "--size", name, "--mode", mode,
+                                                both_mallocs=False)
               for mode in reference_modes}
 
     best: dict[str, float] = {}

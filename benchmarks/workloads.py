@@ -198,7 +198,8 @@ def write_checkpoint(size: str, path: str) -> None:
   _reference("write", "--size", size, "--path", path)
 
 
-def reference_seconds(task: str, path: str, repeats: int, *options: str) -> dict[str, Any]:
+def reference_seconds(task: str, path: str, repeats: int, *options: str, both_mallocs: bool = True
+                      ) -> dict[str, Any]:
   """Runs the PyTorch reference (a task of torch_reference.py, with its `options`) on the checkpoint at `path`
   in its own process:
   {"seconds": best of `repeats`, "threads", "torch", "matmul_peak_flops" (torch.mm), "malloc"}.
@@ -206,10 +207,13 @@ def reference_seconds(task: str, path: str, repeats: int, *options: str) -> dict
   The reference runs twice, with this process's GLIBC_TUNABLES (the JAX side's, asympo_jax/common/cpu.py)
   and with glibc's defaults, and the faster run is returned ("malloc" says which): the tunables speed torch's
   train step up as much as ours but not its `generate`, and the reference should be at its best.
+  `both_mallocs=False` runs it with glibc's defaults only.
   """
   envs = [("tuned malloc" if "GLIBC_TUNABLES" in os.environ else "glibc defaults", None)]
   if "GLIBC_TUNABLES" in os.environ:
     envs.append(("glibc defaults", {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}))
+  if not both_mallocs:
+    envs = envs[-1:]
   runs = [{**json.loads(_reference(task, "--path", path, "--repeats", str(repeats), *options,
                                    env=env).strip().splitlines()[-1]),
            "malloc": label} for label, env in envs]

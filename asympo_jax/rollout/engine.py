@@ -6,7 +6,9 @@ lengths, never on the number of rows: each slot holds one row's KV cache up to p
 rollout.engine selects it; rollout.slots gives S, or rollout.kv_memory_mb a budget S follows from
 (`slot_count`).
 
-Loop (host side, `Engine.generate`), per data shard over its contiguous block of rows (as the static sampler
+A batch whose rows all fit in the slots at once (S x shards >= rows) runs as one static wave: the static
+sampler's program, which is what the slot loop would do, only faster. Otherwise, the loop (host side,
+`Engine.generate`), per data shard over its contiguous block of rows (as the static sampler
 splits them):
 - admit: the next waiting rows enter the free slots. One `admit` program prefills the distinct prompts of the
   admitted rows in one batch (a prompt with several admitted samples is prefilled once; its rows copy the
@@ -247,6 +249,10 @@ class Engine:
     self.slots = min(slot_count(model.cfg, cfg_rollout), -(-rows // self.shards))
     self.window = max([len(s) for s in self.spec.stop_sequences], default=1)
     self.eos_ids_E = np.asarray(eos_ids, np.int32)
+    # A batch whose rows all fit in the slots at once never refills: it runs as one static wave, through the
+    # static sampler's program, whose decode segments read a shorter cache early on (on the uniform `tiny`
+    # workload the slot loop was about 20% slower than it; docs/benchmarks.md).
+    self.one_wave = Sampler(model, cfg_rollout, eos_ids, pad_id, mesh) if rows <= self.slots * self.shards else None
 
   def _put(self, x: np.ndarray) -> jax.Array | np.ndarray:
     if self.mesh is None:
@@ -256,6 +262,8 @@ class Engine:
   def generate(self, state: nnx.State, prompts: Sequence[Sequence[int]], *, seed: int, step: int,
                prompt_ids: Sequence[int] | None = None) -> Samples:
     """G samples of each prompt, rows group-contiguous, as `Sampler.generate`."""
+    if self.one_wave is not None and len(prompts) * self.cfg.group_size <= self.slots * self.shards:
+      return self.one_wave.generate(state, prompts, seed=seed, step=step, prompt_ids=prompt_ids)
     start = time.perf_counter()
     # The compute-dtype copy of the weights, once per call rather than in every decode step (a no-op when the
     # published copy already is, as run.make_transfer makes it).

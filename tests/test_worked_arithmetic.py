@@ -132,27 +132,38 @@ def test_the_warm_start_can_train_on_worked_solutions():
     supervised.make_build_batch(lambda step: ([[1]], [no_solution]), encode, cfg, 3, 0, target="solution")(None, 0)
 
 
-def test_micro_study_config_end_to_end_with_a_shared_warm_start(tmp_path):
-  """configs/worked_arithmetic_micro.py as train.py runs it, twice: the second run (another objective and
-  staleness) takes the first one's cached warm start instead of building its own; both log the study's
-  diagnostics."""
+STUDY_METRICS = {"balance/pos_loss", "balance/neg_loss", "balance/net_loss", "balance/nll_gap", "grad_norm/pos",
+                 "grad_norm/neg", "rollout/lag_mean", "response/length_right_mean", "response/length_wrong_mean"}
+
+
+def _run_micro(workdir: pathlib.Path, cache: pathlib.Path, *flags: str) -> list[dict]:
+  """configs/worked_arithmetic_micro.py as train.py runs it; its metrics records, after checking that every
+  RL step logged the study's diagnostics and the final eval ran."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user's train.py
+  out = subprocess.run([sys.executable, str(REPO / "train.py"), f"--config={REPO}/configs/worked_arithmetic_micro.py",
+                        f"--config.workdir={workdir}", f"--config.warm_start.cache_dir={cache}", *flags],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  records = metrics.read_jsonl(str(workdir))
+  assert [r["step"] for r in records] == [0, 1, 2]
+  assert 0.0 <= records[-1]["eval/worked_arithmetic/greedy_accuracy"] <= 1.0
+  assert all(STUDY_METRICS <= set(r) for r in records[1:])
+  return records
+
+
+def test_micro_study_config_end_to_end(tmp_path):
+  """One stale run of the micro config: warm start on worked solutions, its cache entry, RL at lag 1, eval."""
+  records = _run_micro(tmp_path / "run", tmp_path / "cache", "--config.objective.name=naive")
+  assert len(os.listdir(tmp_path / "cache")) == 1 and (tmp_path / "run" / "warm_start").is_dir()
+  assert records[2]["rollout/lag_mean"] == 1.0  # step 2 trains on the batch sampled before step 1's update
+
+
+@pytest.mark.slow
+def test_micro_study_runs_share_a_cached_warm_start(tmp_path):
+  """A second run (another objective and staleness) takes the first one's cached warm start instead of
+  building its own."""
   cache = tmp_path / "cache"
-  runs = {"a": ["--config.objective.name=naive"],
-          "b": ["--config.objective.name=grpo", "--config.rollout.staleness=0"]}
-  for name, flags in runs.items():
-    out = subprocess.run([sys.executable, str(REPO / "train.py"), f"--config={REPO}/configs/worked_arithmetic_micro.py",
-                          f"--config.workdir={tmp_path / name}", f"--config.warm_start.cache_dir={cache}", *flags],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
+  _run_micro(tmp_path / "a", cache, "--config.objective.name=naive")
+  _run_micro(tmp_path / "b", cache, "--config.objective.name=grpo", "--config.rollout.staleness=0")
   assert len(os.listdir(cache)) == 1
-  assert (tmp_path / "a" / "warm_start").is_dir() and not (tmp_path / "b" / "warm_start").exists()
-  assert not (tmp_path / "b" / "scratch_model").exists()
-  for name in runs:
-    records = metrics.read_jsonl(str(tmp_path / name))
-    assert [r["step"] for r in records] == [0, 1, 2]
-    assert 0.0 <= records[-1]["eval/worked_arithmetic/greedy_accuracy"] <= 1.0
-    logged = set(records[1])
-    assert {"balance/pos_loss", "balance/neg_loss", "balance/net_loss", "balance/nll_gap", "grad_norm/pos",
-            "grad_norm/neg", "rollout/lag_mean", "response/length_right_mean",
-            "response/length_wrong_mean"} <= logged
+  assert not (tmp_path / "b" / "warm_start").exists() and not (tmp_path / "b" / "scratch_model").exists()

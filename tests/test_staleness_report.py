@@ -21,7 +21,8 @@ def write_run(root, objective, staleness, seed, accuracies, gap, done=True):
   for step, accuracy in enumerate(accuracies[1:], 1):
     lag = min(step - 1, staleness)
     records.append({"step": step, ACC: accuracy, "rollout/lag_mean": float(lag),
-                    "balance/nll_gap": gap if lag >= staleness else 100.0, "grad_norm/pos": 1.0})
+                    "balance/nll_gap": gap if lag >= staleness else 100.0, "grad_norm/pos": 1.0,
+                    "offpolicy/kl": 0.01 * lag})
   (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   if done:
     (run / grid.DONE_NAME).write_text(json.dumps({"point": point}))
@@ -47,6 +48,7 @@ def test_cells_are_means_and_sample_stds_over_seeds_of_finished_runs(tmp_path):
     assert [r["objective"] for r in csv.DictReader(f)] == ["asympo", "naive"]
   table = (out / "table.md").read_text()
   assert "| naive | 2 | 2 | 40.0 ± 14.1 | 60.0 ± 0.0 |" in table
+  assert table.split("\n")[0].endswith("| off-policy KL |") and "| 0.020 ± 0.000 |" in table  # lag 2 steps only
   for png in ("accuracy.png", "balance.png", "grad_norms.png", "nll_gap_by_lag.png"):
     assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,8 @@ sweep.py writes them: `seed=0,name=asympo,staleness=4`); only runs marked done b
 still running reports the cells it has, each with its number of seeds. Writes in --out:
 
   table.md, table.csv      one row per cell: seeds done, final and best greedy accuracy, the balance
-                           diagnostics and per-side gradient norms, response lengths (mean +/- std over seeds)
+                           diagnostics and per-side gradient norms, response lengths, the learner-sampler KL
+                           (mean +/- std over seeds)
   accuracy.png             final greedy accuracy against staleness, one line per objective, std error bars
   balance.png              pos_loss, neg_loss, net_loss and the neg - pos NLL gap against staleness
   grad_norms.png           grad_norm/pos and grad_norm/neg against staleness
@@ -117,7 +118,8 @@ TABLE_COLUMNS = (("final_accuracy", 100, "final acc %"), ("best_accuracy", 100, 
                  ("reward", 1, "reward"), ("pos_loss", 1, "pos_loss"), ("neg_loss", 1, "neg_loss"),
                  ("net_loss", 1, "net_loss"), ("nll_gap", 1, "NLL gap (neg - pos)"),
                  ("grad_norm_pos", 1, "grad norm +"), ("grad_norm_neg", 1, "grad norm -"),
-                 ("len_right", 1, "len right"), ("len_wrong", 1, "len wrong"))
+                 ("len_right", 1, "len right"), ("len_wrong", 1, "len wrong"),
+                 ("offpolicy_kl", 1, "off-policy KL"))  # how far k updates moved the learner from the sampler
 
 
 def _pm(mean: float, std: float, scale: float) -> str:

@@ -34,8 +34,7 @@ as starting points to sweep.
   the train step and the rollout together. logprob_chunk = 512 (the 150k-vocab log-probs are never
   materialised): ours.
 - eval.batch_size = the rows of one rollout call (prompts_per_step x group_size / rollout.micro_batches): eval's
-  greedy generate is then no larger than the rollout program the plan compiles (the plan does not compile
-  eval's own program).
+  greedy generate is then no larger than the rollout program; the plan compiles it too.
 - train.steps = 500 (about 8.5 passes over MATH train), eval.every = checkpoint.every = 25, keep 3: ours.
 
 - model.config_json = data/model_configs/<model>.json: the model's published config.json, so that

@@ -17,6 +17,7 @@ from hypothesis import given, settings, strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from asympo_jax.common.sharding import MESH_AXES
+from asympo_jax.model import architecture
 from asympo_jax.model import attention as attention_lib
 from asympo_jax.model import hf_io
 from asympo_jax.model import kv_cache
@@ -24,6 +25,7 @@ from asympo_jax.model.architecture import ModelConfig
 from asympo_jax.model.decoder import Decoder, attention as plain_attention
 from asympo_jax.rollout.sampler import Sampler
 from asympo_jax.run import config as config_lib
+from asympo_jax.run import validation
 from tests import tiny_checkpoints as tc
 from tests.test_model import _batch
 
@@ -198,3 +200,26 @@ def test_each_platform_gets_a_memory_efficient_attention_it_can_run(platform, na
   assert attention_lib.memory_efficient(platform) == name
   assert attention_lib.runs_on(name, platform)
   assert not any(attention_lib.runs_on(kernel, platform) for kernel in ("splash", "cudnn") if kernel != name)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "gpu", "cpu"])
+def test_auto_attention_is_the_memory_efficient_kernel_of_the_devices_platform(platform):
+  cfg = config_lib.base_config()
+  cfg.model.attention = "auto"
+  want = {"tpu": "splash", "gpu": "cudnn", "cpu": "chunked"}[platform]
+  assert architecture.options(cfg.model, platform)["attention"] == want
+  for name in attention_lib.NAMES:  # a named attention is never replaced
+    cfg.model.attention = name
+    assert architecture.options(cfg.model, platform)["attention"] == name
+
+
+def test_an_auto_config_passes_validation_and_runs_here():
+  cfg = config_lib.base_config()
+  cfg.rollout.prompts_per_step = 2
+  cfg.model.attention = "auto"
+  validation.validate(cfg, jax.devices())  # splash or cudnn would be refused on these CPU devices
+  model_cfg = ModelConfig.from_hf(tc.hf_config(sorted(tc.CASES)[0]),
+                                  **architecture.options(cfg.model, jax.devices()[0].platform))
+  tokens, mask = _batch("left")
+  hidden, _ = Decoder(model_cfg, rngs=nnx.Rngs(0))(tokens, tc.positions_from_mask(mask), mask)
+  assert np.isfinite(np.asarray(hidden)[mask > 0]).all()

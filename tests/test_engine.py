@@ -90,6 +90,15 @@ def test_engine_compiled_memory_does_not_grow_with_the_rows(tiny):
   assert memory["static", 4 * P] - memory["static", P] >= 3 * P * cache_row
 
 
+def test_an_engine_that_holds_every_row_lowers_the_static_samplers_program(tiny):
+  """What `generate` runs for a batch that fits in the slots (one static wave) is what the plan compiles."""
+  state = nnx.state(tiny)
+  cfg = rollout_cfg("top_p", engine="continuous", slots=P * G)
+  (lowered,) = Engine(tiny, cfg, [3], pad_id=0).lower(state)
+  assert lowered.as_text() == Sampler(tiny, cfg, [3], pad_id=0).lower(state).as_text()
+  assert len(Engine(tiny, rollout_cfg("top_p", engine="continuous", slots=P * G - 1), [3], pad_id=0).lower(state)) == 2
+
+
 def test_slot_count_follows_a_kv_memory_budget(tiny):
   cfg = rollout_cfg("greedy", engine="continuous", slots=0, kv_memory_mb=10.0)
   per_slot = slot_bytes(tiny.cfg, 32, NEW)

@@ -57,7 +57,7 @@ def test_paper_config_refuses_a_checkpoint_that_is_not_downloaded(name):
 def test_paper_model_has_the_published_parameter_count(name):
   hf, total, non_embedding = MODELS[name]
   cfg = importlib.import_module(f"configs.{name}").get_config()
-  model_cfg = ModelConfig.from_hf(hf, **model_config.options(cfg.model))
+  model_cfg = ModelConfig.from_hf(hf, **model_config.options(cfg.model, "cpu"))
   abstract = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0)))
   count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   assert count == pytest.approx(total, rel=0.03)

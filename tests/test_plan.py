@@ -51,8 +51,28 @@ def test_kv_cache_bytes_match_the_formula(cpu8_plan):
 def test_both_programs_add_up_with_a_second_generator_copy(cpu8_plan):
   p = cpu8_plan
   assert p.shared and p.fits()
-  assert p.both_bytes() == p.train.total_bytes + p.rollout.total_bytes + p.generator_params_bytes
+  # The learner's thread runs the train step or eval (the training state staying resident), never both.
+  learner = max(p.train.total_bytes, p.eval.total_bytes + p.params_bytes + p.optimizer_bytes)
+  assert p.both_bytes() == learner + p.rollout.total_bytes + p.generator_params_bytes
   assert p.train.total_bytes >= p.params_bytes + p.optimizer_bytes
+
+
+def test_eval_generate_is_compiled_at_the_eval_batch_and_absent_when_eval_is_off():
+  cpu8 = targets.target("cpu:8")
+  outputs = {}
+  for batch in (3, 64):  # greedy, one row a prompt; 3 prompts round up to 8, one row per device
+    cfg = tiny_config()
+    cfg.eval.batch_size, cfg.rollout.max_new_tokens = batch, 512
+    p = plan.pieces(cfg, cpu8.devices)
+    rollout, gen_params, _ = plan.rollout_program(cfg, p, cpu8.chip)
+    outputs[batch] = plan.eval_program(cfg, p, gen_params).output_bytes
+  # Its outputs hold each row's 512 tokens and mask (int32): 8 times as many rows, 8 times the bytes.
+  assert outputs[3] >= 2 * 512 * 4
+  assert outputs[64] == pytest.approx(8 * outputs[3], rel=0.01)
+  cfg = tiny_config()
+  cfg.eval.every = 0
+  p = plan.pieces(cfg, cpu8.devices)
+  assert plan.eval_program(cfg, p, plan.rollout_program(cfg, p, cpu8.chip)[1]) is None
 
 
 def test_flop_formula_matches_xla_on_a_train_step_without_loops():

@@ -29,8 +29,8 @@ def validate(cfg_model: ml_collections.ConfigDict) -> None:
   check(cfg_model.param_dtype in DTYPES, "model.param_dtype", f"must be one of {DTYPES}")
   check(cfg_model.dtype in DTYPES, "model.dtype",
         f"must be one of {DTYPES} (the compute dtype; model.param_dtype is the storage dtype), got {cfg_model.dtype!r}")
-  check(cfg_model.attention in attention.NAMES, "model.attention",
-        f"must be one of {attention.NAMES}, got {cfg_model.attention!r}")
+  check(cfg_model.attention in attention.CHOICES, "model.attention",
+        f"must be one of {attention.CHOICES}, got {cfg_model.attention!r}")
   check(cfg_model.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}")
   check(isinstance(cfg_model.scan_layers, bool), "model.scan_layers", "must be true or false")
   check(not cfg_model.hf_path or os.path.isfile(os.path.join(cfg_model.hf_path, "config.json")),
@@ -39,9 +39,11 @@ def validate(cfg_model: ml_collections.ConfigDict) -> None:
         f"{cfg_model.config_json!r} is not a file (a model's published config.json)")
 
 
-def options(cfg_model: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The ModelConfig options a run's `model` section sets (for hf_io.load_model / ModelConfig.from_hf)."""
-  return dict(param_dtype=cfg_model.param_dtype, dtype=cfg_model.dtype, attention=cfg_model.attention,
+def options(cfg_model: ml_collections.ConfigDict, platform: str) -> dict[str, Any]:
+  """The ModelConfig options a run's `model` section sets (for hf_io.load_model / ModelConfig.from_hf), for
+  a model that runs on devices of `platform` (model.attention = auto resolves to that platform's kernel)."""
+  return dict(param_dtype=cfg_model.param_dtype, dtype=cfg_model.dtype,
+              attention=attention.resolve(cfg_model.attention, platform),
               remat=cfg_model.remat, scan_layers=cfg_model.scan_layers)
 
 

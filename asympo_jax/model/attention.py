@@ -16,7 +16,8 @@ float32 softmax; a padding query sees only padding (its output is never scored).
 Under a mesh, the two kernels run per shard (`shard_map`): XLA cannot split a custom call itself and would
 gather its operands onto every device. Rows split as the activations' rules split them, heads over `tensor`.
 
-`ATTENTION` is the registry `model.attention` names; `BACKENDS` says where each can run.
+`ATTENTION` is the registry `model.attention` names; `BACKENDS` says where each can run. `model.attention =
+auto` names none of them: `resolve` picks the memory-efficient one of the platform a run's devices are on.
 """
 from __future__ import annotations
 
@@ -206,8 +207,10 @@ ATTENTION: dict[str, AttentionFn] = {
 NAMES = ("plain", *ATTENTION)
 # Where each can run (jax platform names); None: anywhere.
 BACKENDS: dict[str, tuple[str, ...] | None] = {"plain": None, "chunked": None, "splash": ("tpu",), "cudnn": ("gpu",)}
-# The memory-efficient attention of each platform, for callers (the plan) that pick it for a target.
+# The memory-efficient attention of each platform: what model.attention = "auto" runs there.
 MEMORY_EFFICIENT: dict[str, str] = {"tpu": "splash", "gpu": "cudnn", "cpu": "chunked"}
+AUTO = "auto"
+CHOICES = (AUTO, *NAMES)  # what model.attention accepts
 
 
 def runs_on(name: str, platform: str) -> bool:
@@ -219,3 +222,10 @@ def runs_on(name: str, platform: str) -> bool:
 def memory_efficient(platform: str) -> str:
   """The model.attention to use on `platform`: its memory-efficient kernel (chunked where none is native)."""
   return MEMORY_EFFICIENT.get(platform, "chunked")
+
+
+def resolve(name: str, platform: str) -> str:
+  """The attention model.attention = `name` runs on devices of `platform`: "auto" is that platform's
+  memory-efficient kernel (`memory_efficient`), so one config runs on TPU, GPU and CPU; any other name is
+  itself."""
+  return memory_efficient(platform) if name == AUTO else name

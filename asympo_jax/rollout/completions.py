@@ -35,6 +35,25 @@ def eos_ids(tokenizer: Any, model_eos: int | Sequence[int] | None = None) -> lis
   return sorted(ids)
 
 
+def batch_size(cfg: ml_collections.ConfigDict, mesh: Mesh | None) -> int:
+  """Prompts per generate call: eval.batch_size rounded up to a multiple of the mesh's data x fsdp shards."""
+  shards = sharding.row_shards(mesh)
+  return -(-cfg.eval.batch_size // shards) * shards
+
+
+def sampler_config(cfg: ml_collections.ConfigDict, mesh: Mesh | None, samples: int,
+                   greedy: bool) -> ml_collections.ConfigDict:
+  """The rollout section of the sampler that draws `samples` completions per prompt (greedy, or at
+  eval.temperature) for a batch of `batch_size` prompts: the run's rollout section otherwise (its engine and
+  slots included), so that the plan can compile the same program."""
+  rollout = ml_collections.ConfigDict(cfg.rollout.to_dict())
+  rollout.group_size = samples
+  rollout.prompts_per_step = batch_size(cfg, mesh)
+  rollout.temperature = 0.0 if greedy else float(cfg.eval.temperature)
+  rollout.record_behaviour_logprobs = False
+  return rollout
+
+
 class Completer:
   """Greedy and sampled completions of questions by one model; `state` may be swapped between calls."""
 
@@ -42,8 +61,7 @@ class Completer:
                mesh: Mesh | None = None) -> None:
     self.model, self.tokenizer, self.cfg, self.seed, self.mesh = model, tokenizer, cfg, seed, mesh
     self.state = nnx.state(model)
-    shards = sharding.row_shards(mesh)
-    self.batch_size = -(-cfg.eval.batch_size // shards) * shards
+    self.batch_size = batch_size(cfg, mesh)
     self.eos = eos_ids(tokenizer, model.cfg.eos_token_id)
     self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
     self.truncated = 0
@@ -51,11 +69,7 @@ class Completer:
 
   def _sampler(self, samples: int, greedy: bool) -> Sampler | Engine:
     if (samples, greedy) not in self._samplers:
-      rollout = ml_collections.ConfigDict(self.cfg.rollout.to_dict())
-      rollout.group_size = samples
-      rollout.prompts_per_step = self.batch_size
-      rollout.temperature = 0.0 if greedy else float(self.cfg.eval.temperature)
-      rollout.record_behaviour_logprobs = False
+      rollout = sampler_config(self.cfg, self.mesh, samples, greedy)
       self._samplers[samples, greedy] = make_sampler(self.model, rollout, self.eos, self.pad_id, mesh=self.mesh)
     return self._samplers[samples, greedy]
 

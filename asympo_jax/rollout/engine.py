@@ -284,7 +284,10 @@ class Engine:
   def lower(self, state: nnx.State, bucket: int | None = None) -> list[jax.stages.Lowered]:
     """The decode program and the widest admit program (S prompts per shard) for prompts padded to `bucket`
     (default: the longest bucket), lowered from shapes alone: `state` may be abstract (jax.ShapeDtypeStruct
-    leaves on the engine's mesh), as the plan gives it."""
+    leaves on the engine's mesh), as the plan gives it. A batch that runs as one static wave: the static
+    sampler's program (of the longest bucket), which is what `generate` runs then."""
+    if self.one_wave is not None:
+      return [self.one_wave.lower(state)]
     D, S = self.shards, self.slots
     bucket = bucket or prompt_bucket(self.cfg.max_prompt_len, self.cfg.max_prompt_len)
     shape = lambda x, axes: jax.ShapeDtypeStruct(

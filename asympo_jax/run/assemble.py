@@ -149,7 +149,7 @@ def run(cfg: ml_collections.ConfigDict, supervised: bool = False) -> trainer.Res
   for the warm start.
   """
   mesh = sharding.make_mesh(cfg.mesh, validation.training_devices(cfg))
-  model = hf_io.load_model(cfg.model.hf_path, mesh, **model_config.options(cfg.model))
+  model = hf_io.load_model(cfg.model.hf_path, mesh, **model_config.options(cfg.model, mesh.devices.flat[0].platform))
   tokenizer = hf_io.load_tokenizer(cfg.model.hf_path)
   problems = data.load(cfg.data.train, cfg.data.dir, cfg.data.hub)
   limit = cfg.rollout.max_prompt_len

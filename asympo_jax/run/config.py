@@ -26,7 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.hf_path = ""  # a local Hugging Face directory (config.json + safetensors + tokenizer)
   c.model.param_dtype = "float32"  # float32 | bfloat16: the stored (master) parameters
   c.model.dtype = "float32"  # float32 | bfloat16: the compute dtype inside the jitted programs
-  # plain | chunked | splash (TPU) | cudnn (GPU): the train step's and the prefill's attention (model/attention.py)
+  # plain | chunked | splash (TPU) | cudnn (GPU) | auto (the devices' own: splash on TPU, cudnn on GPU, chunked
+  # on CPU): the train step's and the prefill's attention (model/attention.py)
   c.model.attention = "plain"
   c.model.remat = "none"  # none | full | dots (jax.checkpoint policy for each layer)
   c.model.scan_layers = False

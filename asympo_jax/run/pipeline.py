@@ -125,7 +125,7 @@ def warm_start_key(cfg: ml_collections.ConfigDict) -> str:
 def _export(cfg: ml_collections.ConfigDict, result: trainer.Result) -> str:
   """The trained params of `cfg`'s run as a Hugging Face directory <workdir>/hf."""
   def write(path: str) -> None:
-    model = hf_io.load_model(cfg.model.hf_path, **model_config.options(cfg.model))
+    model = hf_io.load_model(cfg.model.hf_path, **model_config.options(cfg.model, jax.default_backend()))
     nnx.update(model, result.state.params)
     hf_io.save_model(model, path, hf_io.load_tokenizer(cfg.model.hf_path))
   return _atomic_dir(os.path.join(cfg.workdir, EXPORT_DIR), write, every_process=True)

@@ -7,14 +7,17 @@ The model comes from its architecture alone (model.hf_path's config.json when it
 model.config_json, else the scratch size): no weights and no network. Parameters, optimizer state and batches
 are jax.ShapeDtypeStructs carrying the shardings train.py would give them on a mesh of the target's devices,
 and the programs are lowered through the builders train.py runs (train/step.py's make_train_step and
-init_state, rollout/sampler.py's Sampler, run/assemble.py's meshes), so the plan compiles what a run compiles.
+init_state, run/assemble.py's meshes and make_sampler: the static Sampler or the continuous Engine, whose
+programs are what their generate runs for a full batch; rollout/completions.py's eval sampler), so the plan
+compiles what a run compiles: the train step, the rollout and the periodic eval's generate.
 
 Per device and program it prints XLA's memory (arguments, outputs, temporaries, total) against the chip's HBM,
 FLOPs per step with every loop trip counted (run/costs.py; XLA's own count, loop bodies once, beside it),
-compile time, and the roofline step time and MFU. A run holds both programs on the same devices unless
-rollout.devices separates them, and the generator holds up to two parameter copies: the one it samples with
-(an argument of the rollout) and one published but not yet taken up; the last column adds them up. The exit
-status is 1 when a program, or both together, do not fit; 2 for a config error.
+compile time, and the roofline step time and MFU. A run holds its programs on the same devices unless
+rollout.devices separates them: the rollout (generator thread) beside the train step or eval (learner thread,
+the training state resident), and the generator holds up to two parameter copies: the one it samples with
+(an argument of the rollout) and one published but not yet taken up; the last column ("both") adds them up.
+The exit status is 1 when a program, or "both", do not fit; 2 for a config error.
 
 `check_fits` is the same check for a run's own devices (train.py's, before it loads weights).
 """
@@ -41,7 +44,7 @@ from asympo_jax.common.checks import ConfigError, check
 from asympo_jax.model import architecture, hf_io, kv_cache, scratch
 from asympo_jax.model.architecture import ModelConfig
 from asympo_jax.model.decoder import Decoder
-from asympo_jax.rollout import engine, sampler, train_batch
+from asympo_jax.rollout import completions, engine, sampler, train_batch
 from asympo_jax.run import assemble, costs, targets, validation
 from asympo_jax.run.targets import Chip
 from asympo_jax.train import optim
@@ -60,7 +63,7 @@ class Program:
   total_bytes: int  # the larger of XLA's peak and arguments + outputs - aliased + temporaries + code
   compile_s: float
   xla_flops: float  # per device, each loop body once
-  cost: costs.Cost
+  cost: costs.Cost | None  # None: not part of a step (eval)
   error: str | None = None  # XLA's refusal when it ran out of memory compiling
 
 
@@ -74,23 +77,32 @@ class Plan:
   optimizer_bytes: int
   generator_params_bytes: int  # per rollout device, one copy
   kv_cache_bytes: int  # per rollout device, the largest cache of a rollout
+  attention: str  # model.attention as resolved for the devices
   train: Program
   rollout: Program
+  eval: Program | None  # None: eval is off
+
+  def programs(self) -> list[Program]:
+    return [p for p in (self.train, self.rollout, self.eval) if p is not None]
 
   def both_bytes(self) -> int:
-    """Per device: both programs, plus the generator's published copy not yet taken up."""
-    extra = self.generator_params_bytes
-    return self.train.total_bytes + self.rollout.total_bytes + extra if self.shared else self.rollout.total_bytes + extra
+    """Per device, the most a run holds at once: the rollout (on the generator's thread) and the generator's
+    published copy not yet taken up, beside the learner's thread's largest: the train step, or eval's
+    generate with the training state (parameters and optimizer state) still resident."""
+    learner = self.train.total_bytes if self.shared else 0
+    if self.eval is not None:
+      learner = max(learner, self.eval.total_bytes + (self.params_bytes + self.optimizer_bytes if self.shared else 0))
+    return learner + self.rollout.total_bytes + self.generator_params_bytes
 
   def fits(self) -> bool:
-    if self.train.error or self.rollout.error:
+    if any(p.error for p in self.programs()):
       return False
-    return max(self.train.total_bytes, self.rollout.total_bytes, self.both_bytes()) <= self.chip.hbm_bytes
+    return max(*(p.total_bytes for p in self.programs()), self.both_bytes()) <= self.chip.hbm_bytes
 
 
-def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
-  """The architecture a run of `cfg` builds, from config files only."""
-  options = architecture.options(cfg.model)
+def model_config(cfg: ml_collections.ConfigDict, platform: str) -> ModelConfig:
+  """The architecture a run of `cfg` on devices of `platform` builds, from config files only."""
+  options = architecture.options(cfg.model, platform)
   if cfg.model.hf_path and os.path.isfile(os.path.join(cfg.model.hf_path, "config.json")):
     return hf_io.load_config(cfg.model.hf_path, **options)
   if cfg.model.config_json:
@@ -145,7 +157,7 @@ class Pieces:
 
 
 def pieces(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> Pieces:
-  model_cfg = model_config(cfg)
+  model_cfg = model_config(cfg, devices[0].platform)
   train_mesh = sharding.make_mesh(cfg.mesh, validation.training_devices(cfg, devices))
   model = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
@@ -169,24 +181,48 @@ def train_program(cfg: ml_collections.ConfigDict, p: Pieces, chip: Chip) -> tupl
   return _program("train_step", lowered, cost, _device_bytes((state, batch, ref_params))), _device_bytes(state.opt_state)
 
 
+def _generator_params(cfg: ml_collections.ConfigDict, p: Pieces) -> nnx.State:
+  """The generator's copy of the parameters, abstract: as run/assemble.py's make_transfer(sample_mesh,
+  model.dtype) publishes them, in the compute dtype on the sampling mesh."""
+  dtype = np.dtype(jax.numpy.dtype(p.model_cfg.dtype))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s),
+                      p.params, sharding.state_shardings(p.params, p.sample_mesh))
+
+
+def _eos(model_cfg: ModelConfig) -> list[int]:
+  eos = model_cfg.eos_token_id
+  return [eos] if isinstance(eos, int) else list(eos or ())  # the run adds the tokenizer's: one id more or less
+
+
+def _compile_sampler(name: str, smp: sampler.Sampler | engine.Engine, gen_params: nnx.State,
+                     cost: costs.Cost | None) -> Program:
+  """Compiles what `smp.generate` runs for a full batch: the static sampler's generate program, or the
+  continuous engine's decode and admit programs, which run one at a time over the same slots: the larger
+  counts (compile time and XLA's FLOPs: both)."""
+  lowered = smp.lower(gen_params)
+  programs = [_program(name, one, cost, _device_bytes(gen_params))
+              for one in (lowered if isinstance(lowered, list) else [lowered])]
+  largest = max(programs, key=lambda q: q.total_bytes)
+  largest.compile_s = sum(q.compile_s for q in programs)
+  largest.xla_flops = sum(q.xla_flops for q in programs)
+  largest.error = next((q.error for q in programs if q.error), None)
+  return largest
+
+
 def rollout_program(cfg: ml_collections.ConfigDict, p: Pieces, chip: Chip) -> tuple[Program, nnx.State, Any]:
-  """The compiled rollout, with the generator's copy of the parameters and its largest KV cache, both abstract. The continuous engine's two programs (decode
-  and admit) run one at a time over the same slots: the larger counts."""
-  # As run/assemble.py's make_transfer(sample_mesh, model.dtype) publishes them: in the compute dtype.
-  gen_params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, np.dtype(jax.numpy.dtype(cfg.model.dtype)),
-                                                               sharding=s),
-                            p.params, sharding.state_shardings(p.params, p.sample_mesh))
-  eos = p.model_cfg.eos_token_id
-  eos = [eos] if isinstance(eos, int) else list(eos or ())  # the run adds the tokenizer's: one id more or less
-  smp = assemble.make_sampler(cfg, p.model, p.sample_mesh, eos, pad_id=0)
+  """The compiled rollout, with the generator's copy of the parameters and its largest KV cache, both abstract."""
+  gen_params = _generator_params(cfg, p)
+  smp = assemble.make_sampler(cfg, p.model, p.sample_mesh, _eos(p.model_cfg), pad_id=0)
   r = cfg.rollout
   prompt_len = sampler.prompt_bucket(r.max_prompt_len, r.max_prompt_len)
-  if isinstance(smp, engine.Engine):
+  # An engine whose slots hold every row at once runs the static sampler's program (Engine.one_wave).
+  static = smp.one_wave if isinstance(smp, engine.Engine) else smp
+  if static is None:
     calls, call_prompts, rows = 1, r.prompts_per_step, smp.slots * smp.shards
     phases = costs.engine_phases(r, rows)
     slots = kv_cache.chunked_slots(prompt_len + r.max_new_tokens)
   else:
-    call_prompts = smp.micro_prompts(smp.cfg.prompts_per_step)
+    call_prompts = static.micro_prompts(static.cfg.prompts_per_step)
     calls, rows = -(-r.prompts_per_step // call_prompts), call_prompts * r.group_size
     phases = costs.static_phases(r, call_prompts)
     slots = sampler.cache_lengths(prompt_len, r.max_new_tokens, r.decode_segments)[-1]
@@ -195,14 +231,19 @@ def rollout_program(cfg: ml_collections.ConfigDict, p: Pieces, chip: Chip) -> tu
   kv_per_row_slot = _device_bytes((cache.k, cache.v)) * p.sample_mesh.size / (rows * slots)
   cost = costs.rollout(cfg, p.model_cfg, chip, p.sample_mesh.size, calls, call_prompts, phases, weight_bytes,
                        kv_per_row_slot)
-  lowered = smp.lower(gen_params)
-  programs = [_program("rollout", one, cost, _device_bytes(gen_params))
-              for one in (lowered if isinstance(lowered, list) else [lowered])]
-  largest = max(programs, key=lambda q: q.total_bytes)
-  largest.compile_s = sum(q.compile_s for q in programs)
-  largest.xla_flops = sum(q.xla_flops for q in programs)
-  largest.error = next((q.error for q in programs if q.error), None)
-  return largest, gen_params, cache
+  return _compile_sampler("rollout", smp, gen_params, cost), gen_params, cache
+
+
+def eval_program(cfg: ml_collections.ConfigDict, p: Pieces, gen_params: nnx.State) -> Program | None:
+  """The compiled generate of the trainer's periodic eval (run/assemble.py's make_evaluate: a Completer on
+  the sampling mesh), for its widest calls: eval.samples rows per prompt when it samples, else greedy; None
+  when eval is off. Not part of a step: no FLOPs or roofline."""
+  if not (cfg.eval.every and cfg.data.eval):
+    return None
+  samples = max(1, cfg.eval.samples)
+  rollout_cfg = completions.sampler_config(cfg, p.sample_mesh, samples, greedy=cfg.eval.samples == 0)
+  smp = engine.make_sampler(p.model, rollout_cfg, _eos(p.model_cfg), 0, mesh=p.sample_mesh)
+  return _compile_sampler("eval", smp, gen_params, None)
 
 
 def build(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device], chip: Chip) -> Plan:
@@ -213,7 +254,7 @@ def build(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device], chip: C
   return Plan(target="", chip=chip, devices=len(devices), shared=p.sample_mesh is p.train_mesh,
               params_bytes=_device_bytes(p.params), optimizer_bytes=optimizer_bytes,
               generator_params_bytes=_device_bytes(gen_params), kv_cache_bytes=_device_bytes((cache.k, cache.v)),
-              train=train, rollout=rollout)
+              attention=p.model_cfg.attention, train=train, rollout=rollout, eval=eval_program(cfg, p, gen_params))
 
 
 def _cache(model_cfg: ModelConfig, rows: int, slots: int, mesh: Mesh) -> kv_cache.KVCache:
@@ -230,42 +271,49 @@ def _gib(n: float) -> str:
 
 
 def describe(plan: Plan, cfg: ml_collections.ConfigDict) -> str:
-  """The plan as a table, one column per program and one for both together."""
+  """The plan as a table, one column per program and one for the most a run holds at once."""
   chip, hbm = plan.chip, plan.chip.hbm_bytes
   both = plan.both_bytes()
   rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
   fit = lambda n, error=None: "fits" if n <= hbm and not error else "DOES NOT FIT"
+  programs = plan.programs()
+  attention = (f"{cfg.model.attention} ({plan.attention})" if cfg.model.attention != plan.attention
+               else plan.attention)
   lines = [f"plan for {plan.target}: {plan.devices} x {chip.name}, {hbm / GiB:.1f} GiB HBM each"
            + (f", peak {chip.peak_flops / 1e12:.0f} TFLOP/s" if chip.peak_flops else ""),
-           f"  model: param_dtype {cfg.model.param_dtype}, dtype {cfg.model.dtype}, attention {cfg.model.attention}, "
+           f"  model: param_dtype {cfg.model.param_dtype}, dtype {cfg.model.dtype}, attention {attention}, "
            f"remat {cfg.model.remat}; {plan.devices} devices, "
            f"train and rollout {'on the same devices' if plan.shared else 'on separate devices'}",
            f"  train step: {cfg.train.micro_batches} micro-batches of {rows // cfg.train.micro_batches} rows; rollout: "
            + (f"continuous engine, {cfg.rollout.slots or 'rollout.kv_memory_mb'} slots per data shard"
               if cfg.rollout.engine == "continuous" else f"static, {cfg.rollout.micro_batches} call(s)")
            + f", {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} "
-           f"samples in all, {cfg.rollout.max_prompt_len} + {cfg.rollout.max_new_tokens} tokens",
+           f"samples in all, {cfg.rollout.max_prompt_len} + {cfg.rollout.max_new_tokens} tokens"
+           + (f"; eval: {cfg.eval.batch_size} prompts x {max(1, cfg.eval.samples)} per call" if plan.eval else ""),
            f"  GiB per device: parameters {_gib(plan.params_bytes).strip()}, optimizer state "
            f"{_gib(plan.optimizer_bytes).strip()}, generator copy {_gib(plan.generator_params_bytes).strip()}, "
            f"KV cache {_gib(plan.kv_cache_bytes).strip()}",
-           f"  {'GiB per device':24s}{'train_step':>14s}{'rollout':>14s}{'both':>14s}"]
+           f"  {'GiB per device':24s}" + "".join(f"{p.name:>14s}" for p in programs) + f"{'both':>14s}"]
   for label, attr in (("arguments", "argument_bytes"), ("outputs", "output_bytes"), ("temporaries", "temp_bytes"),
                       ("total", "total_bytes")):
-    row = f"  {label:24s}{_gib(getattr(plan.train, attr))}{_gib(getattr(plan.rollout, attr))}"
+    row = f"  {label:24s}" + "".join(_gib(getattr(p, attr)) for p in programs)
     lines.append(row + (_gib(both) if attr == "total_bytes" else ""))
-  lines.append(f"  {'':24s}{fit(plan.train.total_bytes, plan.train.error):>14s}"
-               f"{fit(plan.rollout.total_bytes, plan.rollout.error):>14s}{fit(both):>14s}"
-               f"   (both: + one published generator copy{'' if plan.shared else '; rollout devices only'})")
-  for p in (plan.train, plan.rollout):
+  learner = "max(train_step, eval + training state)" if plan.eval else "train_step"
+  lines.append(f"  {'':24s}" + "".join(f"{fit(p.total_bytes, p.error):>14s}" for p in programs) + f"{fit(both):>14s}"
+               + (f"   (both: {learner} + rollout + one published generator copy)" if plan.shared
+                  else "   (both: eval + rollout + one published generator copy, on the rollout devices)"))
+  for p in programs:
     if p.error:
       lines.append(f"  {p.name}: XLA refused it: {p.error}")
+  na = f"{'n/a':>14s}"
   for label, value in (("compile s", lambda p: f"{p.compile_s:14.1f}"),
                        ("model TFLOP/step", lambda p: f"{p.cost.model_flops / 1e12:14.1f}"),
                        ("executed TFLOP/step", lambda p: f"{p.cost.executed_flops / 1e12:14.1f}"),
                        ("XLA TFLOP/dev (1 trip)", lambda p: f"{p.xla_flops / 1e12:14.3f}"),
-                       ("roofline s/step", lambda p: f"{p.cost.seconds:14.2f}" if p.cost.seconds else f"{'n/a':>14s}"),
-                       ("MFU at roofline", lambda p: f"{p.cost.mfu():14.1%}" if p.cost.seconds else f"{'n/a':>14s}")):
-    lines.append(f"  {label:24s}{value(plan.train)}{value(plan.rollout)}")
+                       ("roofline s/step", lambda p: f"{p.cost.seconds:14.2f}" if p.cost.seconds else na),
+                       ("MFU at roofline", lambda p: f"{p.cost.mfu():14.1%}" if p.cost.seconds else na)):
+    every_program = label in ("compile s", "XLA TFLOP/dev (1 trip)")
+    lines.append(f"  {label:24s}" + "".join(value(p) if every_program or p.cost else na for p in programs))
   return "\n".join(lines)
 
 

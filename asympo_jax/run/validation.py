@@ -98,7 +98,8 @@ def validate(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
         "must be empty with several processes (each process samples on its own local devices)")
   train_devices = training_devices(cfg, devices)
   check(train_devices, "rollout.devices", "leaves no device for training")
-  platform, name = train_devices[0].platform, cfg.model.attention
+  platform = train_devices[0].platform
+  name = attention.resolve(cfg.model.attention, platform)
   check(attention.runs_on(name, platform), "model.attention",
         f"{name!r} runs on {'/'.join(attention.BACKENDS[name] or ['any backend'])} only, these devices are "
         f"{platform}; use {attention.memory_efficient(platform)!r} or 'plain' here")

@@ -73,7 +73,7 @@ def test_engine_returns_the_static_samplers_samples(tiny, sampling, mesh_shape):
     # Equal up to float32 rounding: XLA:CPU's matmuls round a row differently with other batch sizes.
     np.testing.assert_allclose(got.logprobs_BxN, want.logprobs_BxN, rtol=0, atol=1e-5)
     assert 0 < got.stats["rollout/slot_occupancy"] <= 1
-    assert slots == rows_per_shard or 0 < got.stats["rollout/prefill_share"] < 1  # one static wave: no admit
+    assert slots >= rows_per_shard or 0 < got.stats["rollout/prefill_share"] < 1  # one static wave: no admit
 
 
 def test_engine_compiled_memory_does_not_grow_with_the_rows(tiny):

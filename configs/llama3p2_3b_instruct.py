@@ -10,5 +10,5 @@ from configs import paper
 
 def get_config():
   return paper.recipe(hf_path="checkpoints/Llama-3.2-3B-Instruct", config_json="data/model_configs/Llama-3.2-3B-Instruct.json",
-                      template="chat", micro_batches=128, rollout_micro_batches=32,
+                      template="chat", micro_batches=128, slots=8,
                       workdir="runs/llama3p2_3b_instruct")

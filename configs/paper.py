@@ -26,15 +26,26 @@ as starting points to sweep.
 - optim.b1 = 0.9, b2 = 0.999, weight_decay = 0, clip_norm = 1.0: ours (AdamW's usual betas, global-norm clip).
 - model.param_dtype = float32: ours. In bfloat16 a 1e-6 step is far below the rounding of weights near 0.02 and
   would be lost.
+- model.dtype = bfloat16: float32 master weights, bfloat16 compute, as MaxText, Tunix, verl, AReaL, TRL and
+  prime-rl run (docs/design.md §8): a TPU runs float32 matmuls as several bfloat16 passes, and the generator
+  copy and KV cache take half the memory and half the HBM reads per decode step.
+- model.attention = auto: the memory-efficient attention of the devices the run is on (splash on TPU, cudnn on
+  GPU, chunked on CPU; docs/design.md §12), so the same config runs on a TPU or a GPU; ours. Without it the
+  train step's float32 [T, T] scores at 3,584 tokens fill most of a v6e chip.
 - model.remat = full, scan_layers = True: ours (memory at 3.5k tokens a row; one compiled layer).
 - mesh = (data 1, fsdp all, tensor 1): ours. FSDP over every device of one host (a v5p-8 has 4, a v6e-8 8); the
   4B model's float32 params and AdamW state alone take 64 GB.
-- train.micro_batches, rollout.micro_batches (per model, in its config file): the fewest (powers of two) with
-  which the plan (`python -m asympo_jax.run.plan`, docs/plan.md) fits every program on a v5p-8 and on a v6e-8,
-  the train step and the rollout together. logprob_chunk = 512 (the 150k-vocab log-probs are never
-  materialised): ours.
-- eval.batch_size = the rows of one rollout call (prompts_per_step x group_size / rollout.micro_batches): eval's
-  greedy generate is then no larger than the rollout program; the plan compiles it too.
+- rollout.engine = continuous (docs/design.md §9): its memory is set by its slots, not by the 1,024 rows, and
+  rows that end early free their slot for the next instead of idling until the longest ends; ours.
+- train.micro_batches = 128 (8 rows each), rollout.slots = 8 (per data shard, i.e. per chip with FSDP over all
+  chips), per model in its config file: ours, from the plan (`python -m asympo_jax.run.plan`, docs/plan.md)
+  of Qwen3-4B on a v6e-8 (32 GiB a chip, the least memory per chip; Qwen3-4B the largest model), where the
+  train step (or eval), the rollout and a second generator copy must fit together. 16 slots and 32
+  micro-batches needed 53.6 GiB of 32 there; the engine's temporaries grow with its slots. The other models
+  and the v5p-8 take the same values; docs/plan.md says which of them were planned. logprob_chunk = 512 (the
+  150k-vocab log-probs are never materialised): ours.
+- eval.batch_size = 64 prompts per greedy call: ours; on a v6e-8 they fill the engine's 8 x 8 slots in one
+  static wave, on a v5p-8 they go through its 4 x 8 slots. The plan compiles eval's generate too.
 - train.steps = 500 (about 8.5 passes over MATH train), eval.every = checkpoint.every = 25, keep 3: ours.
 
 - model.config_json = data/model_configs/<model>.json: the model's published config.json, so that
@@ -50,17 +61,20 @@ import ml_collections
 
 from asympo_jax.run.config import base_config
 
+EVAL_BATCH = 64
 EVAL = "aime24_test,aime25_test,amc23_test,math500_test,gsm8k_test,minerva_test"
 
 
 def recipe(hf_path: str, config_json: str, template: str, workdir: str, micro_batches: int,
-           rollout_micro_batches: int) -> ml_collections.ConfigDict:
+           slots: int) -> ml_collections.ConfigDict:
   c = base_config()
   c.seed = 0
   c.workdir = workdir
   c.model.hf_path = hf_path
   c.model.config_json = config_json
   c.model.param_dtype = "float32"
+  c.model.dtype = "bfloat16"
+  c.model.attention = "auto"
   c.model.remat = "full"
   c.model.scan_layers = True
 
@@ -80,7 +94,8 @@ def recipe(hf_path: str, config_json: str, template: str, workdir: str, micro_ba
   c.rollout.max_new_tokens = 3072
   c.rollout.temperature = 1.0
   c.rollout.top_p = 1.0
-  c.rollout.micro_batches = rollout_micro_batches
+  c.rollout.engine = "continuous"
+  c.rollout.slots = slots
 
   c.advantage.std_normalize = True
   c.objective.name = "asympo"
@@ -99,7 +114,7 @@ def recipe(hf_path: str, config_json: str, template: str, workdir: str, micro_ba
   c.train.logprob_chunk = 512
 
   c.eval.every = 25
-  c.eval.batch_size = c.rollout.prompts_per_step * c.rollout.group_size // rollout_micro_batches
+  c.eval.batch_size = EVAL_BATCH
   c.checkpoint.every = 25
   c.checkpoint.keep = 3
   return c

@@ -10,5 +10,5 @@ from configs import paper
 
 def get_config():
   return paper.recipe(hf_path="checkpoints/Qwen3-4B-Base", config_json="data/model_configs/Qwen3-4B-Base.json",
-                      template="plain", micro_batches=128, rollout_micro_batches=32,
+                      template="plain", micro_batches=128, slots=8,
                       workdir="runs/qwen3_4b_base")

@@ -113,7 +113,7 @@ def test_model_config_section_is_validated_by_key(checkpoint):
   cfg = base_config()
   cfg.model.hf_path = checkpoint
   validate(cfg.model)
-  assert hf_io.load_config(checkpoint, **options(cfg.model)).param_dtype == "float32"
+  assert hf_io.load_config(checkpoint, **options(cfg.model, "cpu")).param_dtype == "float32"
   for key, value in [("param_dtype", "float16"), ("dtype", "float16"), ("remat", "some"),
                      ("hf_path", "/nonexistent")]:
     bad = base_config()

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from scipy import stats
 
 from asympo_jax.rollout import token_choice as sampling
@@ -12,13 +12,14 @@ logit_values = st.sampled_from([-3.0, -1.0, -0.5, 0.0, 0.5, 2.0, -np.inf])
 
 
 def allowed(logits, top_k, top_p):
-  """Tokens a top-k / top-p sampler may emit, from numpy: fewer than k tokens, and less than top_p of the
-  probability mass, strictly more likely than the token."""
-  p = np.exp(logits - logits.max())
-  p /= p.sum()
-  ok = p > 0
+  """Tokens a top-k / top-p sampler may emit, from numpy: fewer than k tokens strictly more likely than the
+  token, and, of the distribution renormalised over those top-k tokens (transformers' order: top-k, then
+  top-p), less than top_p of the mass."""
+  ok = np.isfinite(logits)
   if top_k:
     ok &= np.array([(logits > x).sum() < top_k for x in logits])
+  p = np.where(ok, np.exp(logits - logits.max()), 0.0)
+  p /= p.sum()
   if top_p < 1.0:
     ok &= np.array([p[p > q].sum() < top_p - 1e-6 for q in p]) | (p == p.max())
   return ok
@@ -96,6 +97,9 @@ def test_stop_sequence_hit(window):
 @given(logits=st.lists(logit_values, min_size=2, max_size=12).filter(lambda v: max(v) > -np.inf),
        top_k=st.integers(0, 5), top_p=st.sampled_from([1.0, 0.95, 0.5, 0.1]),
        temperature=st.sampled_from([0.0, 0.5, 1.0, 2.0]), seed=st.integers(0, 1000))
+# top-k and top-p together: unrenormalised, token 1 would be in the nucleus (0.48 of the mass before it);
+# renormalised over the top 2, it is not (0.56).
+@example(logits=[-3.0, -1.0, -0.5], top_k=2, top_p=0.5, temperature=2.0, seed=0)
 def test_scored_choice_gives_the_raw_and_the_sampled_logprob(logits, top_k, top_p, temperature, seed):
   logits = np.asarray(logits, np.float32)
   rows = 16

@@ -14,6 +14,8 @@ from asympo_jax.run import grid as sweep
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # four full micro runs; the default suite runs sweep.py for real in the test below, and the
+# table, plots and resume on a fake train.py in test_sweep_mechanics
 def test_two_by_two_grid_on_the_micro_config(tmp_path, monkeypatch):
   # The runs see the machine as a user's train.py does (one CPU device, not the suite's eight), and share
   # compilations through JAX's persistent cache.

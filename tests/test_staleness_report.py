@@ -6,6 +6,7 @@ import math
 import pytest
 
 from asympo_jax.run import grid
+from asympo_jax.run import staleness_contrasts as contrasts
 from asympo_jax.run import staleness_report as report
 
 ACC = "eval/worked_arithmetic/greedy_accuracy"
@@ -57,3 +58,36 @@ def test_no_finished_run_is_an_error(tmp_path):
   write_run(tmp_path, "naive", 0, 0, [0.1, 0.2], gap=0.0, done=False)
   with pytest.raises(ValueError, match="no finished run"):
     report.report(str(tmp_path), str(tmp_path / "out"), ["naive"], caption="")
+
+
+def contrast_run(objective, staleness, seed, final_accuracy, reward=0.0):
+  columns = {c: 0.0 for c, _, _ in contrasts.COLUMNS}
+  return {"lr": "", "objective": objective, "staleness": staleness, "seed": seed,
+          **columns, "final_accuracy": final_accuracy, "reward": reward}
+
+
+def test_contrasts_are_per_seed_differences_with_their_paired_t():
+  runs = [contrast_run("naive", 0, s, a) for s, a in enumerate([0.0, 0.0, 0.3])]
+  runs += [contrast_run("naive", 4, s, a) for s, a in enumerate([0.1, 0.2, 0.6, 0.9])]  # seed 3: no k=0 pair
+  stats = contrasts.paired(runs, ("", "naive", 4), ("", "naive", 0), "final_accuracy")
+  # differences 0.1, 0.2, 0.3: mean 0.2, std 0.1, t = 0.2 / (0.1 / sqrt 3)
+  assert stats["n"] == 3
+  assert (stats["mean"], stats["std"], stats["t"]) == pytest.approx((0.2, 0.1, 2 * math.sqrt(3)))
+  swapped = contrasts.paired(runs, ("", "naive", 0), ("", "naive", 4), "final_accuracy")
+  assert (swapped["mean"], swapped["std"], swapped["t"]) == pytest.approx((-0.2, 0.1, -2 * math.sqrt(3)))
+  # a difference of the same size for every seed: no spread, so t is infinite with the difference's sign
+  runs = [contrast_run("grpo", k, s, a - k / 32) for k in (0, 4) for s, a in enumerate([0.5, 0.25, 0.75])]
+  assert contrasts.paired(runs, ("", "grpo", 4), ("", "grpo", 0), "final_accuracy")["t"] == -math.inf
+
+
+def test_contrast_rows_cover_each_objectives_staleness_and_the_reference(tmp_path):
+  runs = [contrast_run(o, k, s, s / 8 + k / 64, reward=0.5)  # exact in binary: no rounding spread
+          for o in ("grpo", "asympo") for k in (0, 16) for s in range(3)]
+  rows = contrasts.contrasts(runs, ["asympo", "grpo"], reference="grpo")
+  assert [r["contrast"] for r in rows] == ["asympo: k=16 - k=0", "grpo: k=16 - k=0", "asympo - grpo: k=0",
+                                           "asympo - grpo: k=16"]
+  assert rows[0]["seeds"] == 3 and rows[0]["final_accuracy_mean"] == 0.25
+  assert rows[0]["reward_mean"] == 0.0 and math.isnan(rows[0]["reward_t"])  # no difference at all
+  contrasts.write(rows, str(tmp_path))
+  table = (tmp_path / "contrasts.md").read_text()
+  assert "| asympo: k=16 - k=0 | 3 | +25.0 ± 0.0 (t +inf) | +0.000 ± 0.000 |" in table

@@ -13,6 +13,8 @@ still running reports the cells it has, each with its number of seeds. Writes in
   balance.png              pos_loss, neg_loss, net_loss and the neg - pos NLL gap against staleness
   grad_norms.png           grad_norm/pos and grad_norm/neg against staleness
   nll_gap_by_lag.png       the NLL gap against each batch's own lag (rollout/lag_mean), pooled over seeds
+  contrasts.md, .csv       paired per-seed differences between cells, with their t statistics
+                           (`staleness_contrasts`): each objective's k - 0, and each objective - --reference
 
 A run's per-step diagnostics are averaged over its *stale* steps: those whose batch lag reached the run's
 staleness k (all steps at k = 0). At the start of a fixed-lag run the first k batches come from the initial
@@ -29,7 +31,7 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from asympo_jax.run import grid
+from asympo_jax.run import grid, staleness_contrasts
 from asympo_jax.run.pipeline import accuracy_keys
 from asympo_jax.train.metrics import JSONL_NAME, read_jsonl
 
@@ -195,14 +197,17 @@ def plot_gap_by_lag(runs: list[dict[str, Any]], path: str, caption: str) -> None
   plt.close(fig)
 
 
-def report(root: str, out_dir: str, objectives: Sequence[str], caption: str) -> list[dict[str, Any]]:
-  """Writes the table and plots of the finished runs under `root` into `out_dir`; returns the cell rows."""
+def report(root: str, out_dir: str, objectives: Sequence[str], caption: str, reference: str = "grpo"
+           ) -> list[dict[str, Any]]:
+  """Writes the table, contrasts and plots of the finished runs under `root` into `out_dir`; returns the cell
+  rows."""
   runs = load_runs(root)
   if not runs:
     raise ValueError(f"no finished run of an objective.name x rollout.staleness x seed grid under {root}")
   os.makedirs(out_dir, exist_ok=True)
   rows = cells(runs, objectives)
   write_table(rows, out_dir)
+  staleness_contrasts.write(staleness_contrasts.contrasts(runs, objectives, reference), out_dir)
   _panels(rows, [("final_accuracy", "final greedy accuracy"), ("best_accuracy", "best greedy accuracy")],
           os.path.join(out_dir, "accuracy.png"), caption)
   _panels(rows, [("pos_loss", "balance/pos_loss"), ("neg_loss", "balance/neg_loss"),
@@ -218,11 +223,13 @@ flags.DEFINE_string("root", None, "the sweep's --root", required=True)
 flags.DEFINE_string("out", None, "directory for table.md/.csv and the plots (default: --root)")
 flags.DEFINE_list("objectives", ["naive", "gpg", "spo", "asympo", "grpo"], "row and legend order")
 flags.DEFINE_string("caption", "", "a line on every figure (machine, commit)")
+flags.DEFINE_string("reference", "grpo", "the objective every other one is contrasted with at each staleness")
 
 
 def main(argv: list[str]) -> None:
   del argv
-  rows = report(flags.FLAGS.root, flags.FLAGS.out or flags.FLAGS.root, flags.FLAGS.objectives, flags.FLAGS.caption)
+  rows = report(flags.FLAGS.root, flags.FLAGS.out or flags.FLAGS.root, flags.FLAGS.objectives, flags.FLAGS.caption,
+                flags.FLAGS.reference)
   done = sum(r["seeds"] for r in rows)
   with open(os.path.join(flags.FLAGS.out or flags.FLAGS.root, "table.md")) as f:
     print(f.read())

@@ -8,8 +8,9 @@
 (the benchmark's short name, see asympo_jax/data/datasets.py), one record per (run, step), and <name>.png plots
 them against training step, one line per run; each checkpoint's outputs go to
 <out_dir>/samples/<name>/<run>_<step>.jsonl. The trainer's periodic eval is the same (evaluation/suite.py).
-The config comes from --config (a config file), else from the run's checkpoint, else base_config(); the
-flags below override its eval keys. Sampling runs on every device (a data mesh, parameters replicated); each
+The config comes from --config (a config file), else from the run's checkpoint (keys the run predates take
+their defaults), else base_config(); the flags below override its eval keys. The model is built as the run
+built it (dtypes, model.attention, remat). Sampling runs on every device (a data mesh, parameters replicated); each
 record names that mesh. eval.batch_size is rounded up to a multiple of the device count.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from asympo_jax.train import checkpoint
 from asympo_jax.data import datasets as data
 from asympo_jax.evaluation import scores as evaluation
 from asympo_jax.evaluation import suite
-from asympo_jax.model import hf_io
+from asympo_jax.model import architecture, hf_io
 from asympo_jax.rollout import rewards
 from asympo_jax.common import sharding
 from asympo_jax.run import config as config_lib
@@ -100,13 +101,14 @@ def run_config(ckpt: Checkpoint) -> ml_collections.ConfigDict | None:
     checkpointer.close()
 
 
-def dtypes(cfg: ml_collections.ConfigDict) -> dict[str, str]:
-  """The model's storage and compute dtypes; a run saved before model.dtype existed computed in float32."""
-  return dict(param_dtype=cfg.model.param_dtype, dtype=cfg.model.get("dtype", "float32"))
+def model_options(cfg: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Any]:
+  """The run's model options (dtypes, attention, remat), model.attention = auto resolved for the mesh's
+  devices, so eval holds the memory the run's own eval did."""
+  return architecture.options(cfg.model, mesh.devices.flat[0].platform)
 
 
 def load_hf(ckpt: Checkpoint, cfg: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, Any]:
-  return hf_io.load_model(ckpt.path, mesh, **dtypes(cfg)), hf_io.load_tokenizer(ckpt.path)
+  return hf_io.load_model(ckpt.path, mesh, **model_options(cfg, mesh)), hf_io.load_tokenizer(ckpt.path)
 
 
 def load_orbax(ckpt: Checkpoint, cfg: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, Any]:
@@ -115,7 +117,7 @@ def load_orbax(ckpt: Checkpoint, cfg: ml_collections.ConfigDict, mesh: Mesh) -> 
   pending rollout batches are never loaded."""
   if not cfg.model.hf_path:
     raise app.UsageError(f"{ckpt.path}: the run's config.model.hf_path is empty, so its architecture is unknown")
-  model = hf_io.load_model(cfg.model.hf_path, mesh, **dtypes(cfg))
+  model = hf_io.load_model(cfg.model.hf_path, mesh, **model_options(cfg, mesh))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   target = {"train": {"params": checkpoint.abstract(params)}}
   restored = ocp.PyTreeCheckpointer().restore(  # restore_args: onto `mesh`, not the devices the run saved from
@@ -132,7 +134,10 @@ def configure(ckpt: Checkpoint) -> ml_collections.ConfigDict:
   """--config, else the run's config, else base_config(); then the flags' overrides."""
   if FLAGS.config is not None:
     config_lib.validate_keys(FLAGS.config)
-  cfg = FLAGS.config if FLAGS.config is not None else run_config(ckpt) or config_lib.base_config()
+    cfg = FLAGS.config
+  else:
+    saved = run_config(ckpt)
+    cfg = config_lib.with_defaults(saved) if saved is not None else config_lib.base_config()
   overrides = {"eval.samples": FLAGS.samples, "eval.batch_size": FLAGS.batch_size,
                "eval.temperature": FLAGS.temperature, "data.max_eval_problems": FLAGS.max_problems,
                "rollout.max_new_tokens": FLAGS.max_new_tokens, "rollout.max_prompt_len": FLAGS.max_prompt_len,

@@ -66,3 +66,15 @@ def test_a_sweep_axis_over_an_unknown_key_is_refused_before_any_run(tmp_path):
                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300)
   assert "config.rollout.stalenes: unknown key (nearest known key: config.rollout.staleness)" in done.stderr
   assert not (tmp_path / "sweep").exists()
+
+
+def test_a_saved_config_gets_the_defaults_of_keys_it_predates_and_keeps_its_own_values():
+  saved = base_config().to_dict()
+  del saved["model"]["dtype"], saved["model"]["attention"], saved["rollout"]["engine"]
+  saved["model"]["param_dtype"], saved["rollout"]["staleness"] = "bfloat16", 7
+  cfg = config.with_defaults(config.ml_collections.ConfigDict(saved))
+  assert (cfg.model.dtype, cfg.model.attention, cfg.rollout.engine) == ("float32", "plain", "static")
+  assert (cfg.model.param_dtype, cfg.rollout.staleness) == ("bfloat16", 7)
+  saved["model"]["attention_kind"] = "plain"  # a key the schema does not have
+  with pytest.raises(ConfigError, match="attention_kind"):
+    config.with_defaults(config.ml_collections.ConfigDict(saved))

@@ -137,6 +137,16 @@ def validate_keys(cfg: ml_collections.ConfigDict) -> None:
   refuse_unknown(unknown_keys(cfg, schema), known_keys(schema))
 
 
+def with_defaults(saved: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A saved run's config completed with base_config()'s values for the keys it predates (a new key's default
+  keeps the old behaviour), the run's own values winning; a key the schema lacks is refused as validate_keys
+  does."""
+  validate_keys(saved)
+  cfg = base_config()
+  cfg.update(saved)
+  return cfg
+
+
 # --config.KEY=VALUE, --config.KEY VALUE, --config.FLAG, --noconfig.FLAG; KEY may end in list indices ([0]).
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=\[]+)")
 

@@ -14,7 +14,7 @@ ACC = "eval/worked_arithmetic/greedy_accuracy"
 
 def write_run(root, objective, staleness, seed, accuracies, gap, done=True):
   """A run of `len(accuracies) - 1` steps (evals at every step) whose lag climbs to `staleness` as in
-  fixed_lag, with nll_gap 100 on the steps before the lag is reached and `gap` after."""
+  fixed_lag, with nll_gap 100 on the steps before the lag is reached and `gap` after, and reward = step."""
   point = {"seed": str(seed), "objective.name": objective, "rollout.staleness": str(staleness)}
   run = root / grid.run_name(point)
   run.mkdir(parents=True)
@@ -23,6 +23,7 @@ def write_run(root, objective, staleness, seed, accuracies, gap, done=True):
     lag = min(step - 1, staleness)
     records.append({"step": step, ACC: accuracy, "rollout/lag_mean": float(lag),
                     "balance/nll_gap": gap if lag >= staleness else 100.0, "grad_norm/pos": 1.0,
+                    "reward/mean": float(step),
                     "offpolicy/kl": 0.01 * lag})
   (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   if done:
@@ -34,7 +35,7 @@ def test_cells_are_means_and_sample_stds_over_seeds_of_finished_runs(tmp_path):
   write_run(root, "naive", 2, 0, [0.4, 0.5, 0.6, 0.2, 0.3], gap=1.0)
   write_run(root, "naive", 2, 1, [0.4, 0.5, 0.6, 0.2, 0.5], gap=3.0)
   write_run(root, "naive", 2, 2, [0.4, 0.9, 0.9, 0.9, 0.9], gap=0.0, done=False)  # still running: left out
-  write_run(root, "asympo", 0, 0, [0.4, 0.45, 0.5], gap=0.5)
+  write_run(root, "asympo", 0, 0, [0.4, 0.45, 0.5, 0.5, 0.5], gap=0.5)
   rows = report.report(str(root), str(out), ["asympo", "naive"], caption="test")
   assert [(r["objective"], r["staleness"], r["seeds"]) for r in rows] == [("asympo", 0, 1), ("naive", 2, 2)]
   naive = rows[1]
@@ -42,9 +43,11 @@ def test_cells_are_means_and_sample_stds_over_seeds_of_finished_runs(tmp_path):
   assert naive["final_accuracy_std"] == pytest.approx(math.sqrt(0.02))  # (0.3, 0.5): ddof 1
   assert naive["best_accuracy"] == pytest.approx(0.6)
   assert naive["nll_gap"] == pytest.approx(2.0)  # only steps 3 and 4 reached lag 2
-  assert naive["stale_steps"] == 2
+  assert naive["window_steps"] == 2
   assert math.isnan(rows[0]["final_accuracy_std"])  # one seed: no spread
   assert rows[0]["nll_gap"] == pytest.approx(0.5)
+  # k = 0 is measured over the same late steps as k = 2 (3 and 4), not over all of its steps
+  assert rows[0]["reward"] == pytest.approx(3.5) and rows[0]["window_steps"] == 2
   with open(out / "table.csv") as f:
     assert [r["objective"] for r in csv.DictReader(f)] == ["asympo", "naive"]
   table = (out / "table.md").read_text()

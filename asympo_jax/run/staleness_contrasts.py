@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 Cell = tuple[str, str, int]  # (lr, objective, staleness)
 # (run column, scale, label)
-COLUMNS = (("final_accuracy", 100, "final acc (points)"), ("reward", 1, "stale reward"),
+COLUMNS = (("final_accuracy", 100, "final acc (points)"), ("reward", 1, "reward"),
            ("nll_gap", 1, "NLL gap (neg - pos)"), ("net_loss", 1, "net_loss"), ("offpolicy_kl", 1, "off-policy KL"))
 
 

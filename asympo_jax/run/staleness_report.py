@@ -16,9 +16,11 @@ still running reports the cells it has, each with its number of seeds. Writes in
   contrasts.md, .csv       paired per-seed differences between cells, with their t statistics
                            (`staleness_contrasts`): each objective's k - 0, and each objective - --reference
 
-A run's per-step diagnostics are averaged over its *stale* steps: those whose batch lag reached the run's
-staleness k (all steps at k = 0). At the start of a fixed-lag run the first k batches come from the initial
-policy with a smaller lag, which would dilute the effect of k.
+A run's per-step diagnostics are averaged over the grid's common late window: the steps from the first one at
+which the runs of the largest staleness k_max train on batches k_max updates old (step k_max + 1 in
+fixed_lag mode). There every run trains at its full lag, and every cell is measured over the same steps of
+training: the policy drifts even at k = 0, so cells averaged over different steps would differ for that
+reason alone, and the first k batches of a run of staleness k, all from the initial policy, would dilute k.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from asympo_jax.run.pipeline import accuracy_keys
 from asympo_jax.train.metrics import JSONL_NAME, read_jsonl
 
 LAG = "rollout/lag_mean"
-# (column, metric key): per-step metrics averaged over a run's stale steps
+# (column, metric key): per-step metrics averaged over the common late window
 STEP_METRICS: tuple[tuple[str, str], ...] = (
     ("reward", "reward/mean"),
     ("pos_loss", "balance/pos_loss"),
@@ -60,18 +62,26 @@ def _mean(values: Sequence[float]) -> float:
   return sum(finite) / len(finite) if finite else math.nan
 
 
-def run_row(records: list[dict[str, Any]], staleness: int) -> dict[str, float]:
-  """One run's numbers: start, final and best eval greedy accuracy, and each STEP_METRICS mean over the
-  steps whose lag reached `staleness`."""
+def window_start(runs: Sequence[dict[str, Any]]) -> float:
+  """The first step of the common late window: the step at which the runs of the largest staleness first
+  train at that lag (the latest such step over those runs; inf if one never does)."""
+  k_max = max(r["staleness"] for r in runs)
+  return max(min((rec["step"] for rec in r["records"] if rec.get(LAG, -1) >= k_max), default=math.inf)
+             for r in runs if r["staleness"] == k_max)
+
+
+def run_row(records: list[dict[str, Any]], first_step: float) -> dict[str, float]:
+  """One run's numbers: start, final and best eval greedy accuracy, and each STEP_METRICS mean over its
+  training steps from `first_step` on."""
   key = (accuracy_keys(records) or [None])[0]
   accuracies = [r[key] for r in records if key in r]
-  stale = [r for r in records if LAG in r and r[LAG] >= staleness]
+  window = [r for r in records if LAG in r and r["step"] >= first_step]
   row = {"start_accuracy": accuracies[0] if accuracies else math.nan,
          "final_accuracy": accuracies[-1] if accuracies else math.nan,
          "best_accuracy": max(accuracies) if accuracies else math.nan,
-         "stale_steps": float(len(stale))}
+         "window_steps": float(len(window))}
   for column, metric in STEP_METRICS:
-    row[column] = _mean([r[metric] for r in stale if metric in r])
+    row[column] = _mean([r[metric] for r in window if metric in r])
   return row
 
 
@@ -84,7 +94,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def load_runs(root: str) -> list[dict[str, Any]]:
-  """The finished runs under `root`: their grid point (from the sweep's done marker) and run_row."""
+  """The finished runs under `root`: their grid point (from the sweep's done marker) and run_row over the
+  common late window."""
   runs = []
   for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     done = os.path.join(root, name, grid.DONE_NAME)
@@ -94,10 +105,11 @@ def load_runs(root: str) -> list[dict[str, Any]]:
       point = json.load(f)["point"]
     if not set(AXES) <= set(point):
       continue
-    staleness, records = int(point["rollout.staleness"]), read_jsonl(os.path.join(root, name))
-    runs.append({"objective": point["objective.name"], "staleness": staleness, "seed": int(point["seed"]),
-                 "lr": point.get("optim.lr", ""), "records": records, **run_row(records, staleness)})
-  return runs
+    runs.append({"objective": point["objective.name"], "staleness": int(point["rollout.staleness"]),
+                 "seed": int(point["seed"]), "lr": point.get("optim.lr", ""),
+                 "records": read_jsonl(os.path.join(root, name))})
+  first_step = window_start(runs) if runs else math.inf
+  return [{**run, **run_row(run["records"], first_step)} for run in runs]
 
 
 def cells(runs: list[dict[str, Any]], objectives: Sequence[str]) -> list[dict[str, Any]]:

@@ -22,6 +22,14 @@ COLUMNS = (("final_accuracy", 100, "final acc (points)"), ("reward", 1, "reward"
            ("nll_gap", 1, "NLL gap (neg - pos)"), ("net_loss", 1, "net_loss"), ("offpolicy_kl", 1, "off-policy KL"))
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof 1; NaN for fewer than two finite values)."""
+  finite = [v for v in values if math.isfinite(v)]
+  if not finite:
+    return math.nan, math.nan
+  return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else math.nan
+
+
 def _cell(run: dict[str, Any]) -> Cell:
   return run["lr"], run["objective"], run["staleness"]
 
@@ -33,8 +41,7 @@ def paired(runs: Sequence[dict[str, Any]], a: Cell, b: Cell, column: str) -> dic
             for cell in (a, b)}
   diffs = [values[a][s] - values[b][s] for s in sorted(values[a].keys() & values[b].keys())]
   n = len(diffs)
-  mean = statistics.fmean(diffs) if diffs else math.nan
-  std = statistics.stdev(diffs) if n > 1 else math.nan
+  mean, std = mean_std(diffs)
   if n < 2:
     t = math.nan
   elif std > 0:

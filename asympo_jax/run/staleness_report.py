@@ -28,12 +28,12 @@ import csv
 import json
 import math
 import os
-import statistics
 from typing import Any, Sequence
 
 from absl import app, flags
 
 from asympo_jax.run import grid, staleness_contrasts
+from asympo_jax.run.staleness_contrasts import mean_std
 from asympo_jax.run.pipeline import accuracy_keys
 from asympo_jax.train.metrics import JSONL_NAME, read_jsonl
 
@@ -83,14 +83,6 @@ def run_row(records: list[dict[str, Any]], first_step: float) -> dict[str, float
   for column, metric in STEP_METRICS:
     row[column] = _mean([r[metric] for r in window if metric in r])
   return row
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (ddof 1; NaN for fewer than two finite values)."""
-  finite = [v for v in values if math.isfinite(v)]
-  if not finite:
-    return math.nan, math.nan
-  return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else math.nan
 
 
 def load_runs(root: str) -> list[dict[str, Any]]:
